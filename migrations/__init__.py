@@ -1,0 +1,1 @@
+"""Alembic migrations for trainserve's tables."""

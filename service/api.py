@@ -1,0 +1,374 @@
+"""The FastAPI app: routes (thin: parse, one use case, a schema), the dashboard, and the lease reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Body, Depends, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import checkpoints, datasets, jobs, metrics
+from service.auth import authenticate
+from service.db import get_sessionmaker, session_scope, with_retry
+from service.errors import PayloadTooLarge, error_body, install_error_handlers
+from service.models import FINISHED_STATUSES
+from service.predict import ModelCache, predict
+from service.queue import broker_ok, enqueue_training
+from service.schemas import (
+    CheckpointList,
+    DatasetPage,
+    DatasetRead,
+    Health,
+    JobPage,
+    JobRead,
+    JobStatus,
+    MetricsPage,
+    PredictRequest,
+    PredictResponse,
+    ValidationReport,
+)
+from service.settings import Settings, get_settings
+from service.spec import SEED_EXAMPLE, JobSpec
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STREAM_POLL_SECONDS = 0.5
+
+
+# --- dependencies -------------------------------------------------------------------------------------
+
+
+def get_session() -> Iterator[Session]:
+    """One transaction per request: routes that write commit before they answer (and before enqueueing)."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> str:
+    return authenticate(session, authorization=authorization)
+
+
+CurrentTenant = Annotated[str, Depends(get_tenant)]
+
+
+def _split_names(names: list[str] | None) -> list[str] | None:
+    if not names:
+        return None
+    return [n.strip() for item in names for n in item.split(",") if n.strip()] or None
+
+
+# --- body size ----------------------------------------------------------------------------------------
+
+
+class BodySizeLimit:
+    """Answers 413 before a too-large body is parsed: by Content-Length, or while the body streams in."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send, int(declared))
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(self._detail(seen))
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except PayloadTooLarge:
+            if not started:
+                await self._reject(send, seen)
+
+    def _detail(self, size: int) -> str:
+        return f"the request body has {size:,} bytes or more, the limit is {self.max_bytes:,} (TRAINSERVE_MAX_BODY_BYTES)"
+
+    async def _reject(self, send: Send, size: int) -> None:
+        body = json.dumps(error_body("payload_too_large", self._detail(size), [])).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+# --- the reaper ---------------------------------------------------------------------------------------
+
+
+def reap_once(settings: Settings) -> int:
+    requeue = with_retry(lambda s: jobs.reap_expired_leases(s, settings=settings))
+    for job_id, queue in requeue:
+        enqueue_training(job_id, queue=queue)
+    return len(requeue)
+
+
+async def _reaper_loop(settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.reaper_interval_seconds)
+        try:
+            await anyio.to_thread.run_sync(reap_once, settings)
+        except Exception:
+            log.exception("reaper.failed")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    task = asyncio.create_task(_reaper_loop(get_settings()))
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+# --- the app ------------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="trainserve",
+        version="0.1.0",
+        description="Train PyTorch networks described as JSON, follow their metrics, and serve predictions.",
+        lifespan=lifespan,
+    )
+    app.state.model_cache = ModelCache(settings.model_cache_size)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # type: ignore[arg-type]
+    register_routes(app)
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+SPEC_EXAMPLES = {"seed": {"summary": "The seed article's 3-layer regression MLP", "value": SEED_EXAMPLE}}
+
+
+def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin routes
+    @app.get("/", include_in_schema=False, response_model=None)
+    def dashboard() -> Response:
+        index = STATIC_DIR / "index.html"
+        if not index.exists():
+            return Response("trainserve API: see /docs", media_type="text/plain")
+        return FileResponse(index)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    def readyz(response: Response) -> Health:
+        try:
+            with session_scope() as session:
+                session.execute(text("SELECT 1"))
+            database = "ok"
+        except Exception as exc:
+            database = f"unavailable: {exc.__class__.__name__}"
+        broker = "ok" if broker_ok() else "unavailable"
+        ready = database == "ok" and broker == "ok"
+        response.status_code = 200 if ready else 503
+        return Health(status="ready" if ready else "unavailable", database=database, broker=broker)
+
+    @app.post("/jobs", status_code=201, response_model=JobRead, tags=["jobs"])
+    def create_job(
+        session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
+        spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> JobRead:
+        job, created = jobs.submit_job(session, tenant=tenant, spec=spec, idempotency_key=idempotency_key,
+                                       settings=settings)
+        session.commit()  # enqueue after commit, so no worker can see an uncommitted job
+        if created:
+            enqueue_training(job.id, queue=job.queue)
+        else:
+            response.status_code = 200
+        return jobs.job_read(session, job)
+
+    @app.post("/jobs/validate", response_model=ValidationReport, tags=["jobs"])
+    def validate_job(
+        session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
+        payload: Annotated[dict[str, Any], Body(openapi_examples=SPEC_EXAMPLES)],
+    ) -> dict[str, Any]:
+        return jobs.validate_payload(session, tenant=tenant, payload=payload, settings=settings)
+
+    @app.get("/jobs", response_model=JobPage, tags=["jobs"])
+    def list_jobs(
+        session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
+        status: JobStatus | None = None,
+        limit: Annotated[int, Query(ge=1)] = 50,
+        cursor: Annotated[str | None, Query(max_length=500)] = None,
+    ) -> JobPage:
+        return jobs.list_jobs(session, tenant=tenant, status=status, limit=min(limit, settings.max_page_size),
+                              cursor=cursor)
+
+    @app.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"])
+    def get_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobRead:
+        return jobs.job_read(session, jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id))
+
+    @app.post("/jobs/{job_id}/cancel", response_model=JobRead, tags=["jobs"])
+    def cancel_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobRead:
+        job = jobs.cancel_job(session, tenant=tenant, job_id=job_id)
+        session.commit()
+        return jobs.job_read(session, job)
+
+    @app.delete("/jobs/{job_id}", status_code=204, tags=["jobs"])
+    def delete_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> Response:
+        jobs.delete_job(session, tenant=tenant, job_id=job_id)
+        session.commit()
+        return Response(status_code=204)
+
+    @app.get("/jobs/{job_id}/metrics", response_model=MetricsPage, tags=["metrics"],
+             responses={200: {"content": {"text/csv": {}}}})
+    def get_metrics(
+        session: SessionDep, tenant: CurrentTenant, job_id: str,
+        names: Annotated[list[str] | None, Query()] = None,
+        since_step: Annotated[int | None, Query(ge=0)] = None,
+        max_points: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+        format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+    ) -> Any:
+        job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
+        points = metrics.read_points(session, job_id=job.id, names=_split_names(names), since_step=since_step,
+                                     max_points=max_points)
+        if format == "csv":
+            return Response(metrics.points_csv(points), media_type="text/csv",
+                            headers={"Content-Disposition": f'attachment; filename="{job.id}-metrics.csv"'})
+        last = max((p.step for p in points), default=since_step or 0)
+        return MetricsPage(job_id=job.id, status=job.status, last_step=last, points=points)  # type: ignore[arg-type]
+
+    @app.get("/jobs/{job_id}/metrics/stream", tags=["metrics"],
+             responses={200: {"content": {"text/event-stream": {}}}})
+    def stream_metrics(
+        session: SessionDep, tenant: CurrentTenant, job_id: str,
+        names: Annotated[list[str] | None, Query()] = None,
+        since_step: Annotated[int | None, Query(ge=0)] = None,
+    ) -> StreamingResponse:
+        job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
+        return StreamingResponse(_event_stream(job.id, tenant, _split_names(names), since_step),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/jobs/{job_id}/checkpoints", response_model=CheckpointList, tags=["checkpoints"])
+    def list_checkpoints(session: SessionDep, tenant: CurrentTenant, job_id: str) -> CheckpointList:
+        job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
+        return checkpoints.list_checkpoints(session, job=job)
+
+    @app.get("/jobs/{job_id}/checkpoints/{ckpt}", tags=["checkpoints"], response_class=Response,
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    def download_checkpoint(session: SessionDep, tenant: CurrentTenant, job_id: str, ckpt: str) -> Response:
+        job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
+        weights, row = checkpoints.load_weights_verified(
+            session, job=job, checkpoint_id=checkpoints.resolve_checkpoint_id(job, ckpt))
+        return Response(weights, media_type="application/octet-stream", headers={
+            "Content-Disposition": f'attachment; filename="{job.id}-step{row.step}.safetensors"',
+            "X-Checkpoint-Id": row.id, "X-Checkpoint-SHA256": row.weights_sha256})
+
+    @app.post("/predict", response_model=PredictResponse, tags=["predict"])
+    def post_predict(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep, request: Request,
+                     body: PredictRequest, response: Response) -> PredictResponse:
+        result, hit = predict(session, tenant=tenant, request=body, cache=request.app.state.model_cache,
+                              max_rows=settings.max_predict_rows)
+        response.headers["X-Model-Cache"] = "hit" if hit else "miss"
+        return result
+
+    @app.post("/datasets", status_code=201, response_model=DatasetRead, tags=["datasets"])
+    async def upload_dataset(
+        session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
+        file: Annotated[UploadFile, File(description="CSV (with a header row), Parquet or NPZ")],
+        target: Annotated[list[str], Form(description="target column(s): repeat the field or comma-separate")],
+        name: Annotated[str | None, Form(max_length=200)] = None,
+    ) -> DatasetRead:
+        raw = await file.read(settings.max_dataset_bytes + 1)
+        dataset = await anyio.to_thread.run_sync(lambda: datasets.upload_dataset(
+            session, tenant=tenant, raw=raw, filename=file.filename or "upload", target=target, name=name,
+            settings=settings))
+        session.commit()
+        return datasets.dataset_read(dataset)
+
+    @app.get("/datasets", response_model=DatasetPage, tags=["datasets"])
+    def list_datasets(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
+                      limit: Annotated[int, Query(ge=1)] = 50) -> DatasetPage:
+        return datasets.list_datasets(session, tenant=tenant, limit=min(limit, settings.max_page_size))
+
+    @app.get("/datasets/{dataset_id}", response_model=DatasetRead, tags=["datasets"])
+    def get_dataset(session: SessionDep, tenant: CurrentTenant, dataset_id: str) -> DatasetRead:
+        return datasets.dataset_read(datasets.get_dataset_or_raise(session, tenant=tenant, dataset_id=dataset_id))
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def _event_stream(job_id: str, tenant: str, names: list[str] | None,
+                        since_step: int | None) -> AsyncIterator[bytes]:
+    """Polls the database (the one place every worker writes to) and forwards what is new."""
+    cursor = since_step
+    last_status: tuple[Any, ...] | None = None
+
+    def poll() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        with session_scope() as session:
+            job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
+            points = metrics.read_points(session, job_id=job_id, names=names, since_step=cursor, max_points=None)
+            status = {"status": job.status, "progress": jobs.job_progress(job).model_dump(), "error": job.error}
+            return [p.model_dump(mode="json") for p in points], status
+
+    while True:
+        try:
+            points, status = await anyio.to_thread.run_sync(poll)
+        except Exception as exc:
+            yield _sse("error", {"detail": str(exc)})
+            return
+        if points:
+            cursor = max(p["step"] for p in points)
+            yield _sse("points", points)
+        key = (status["status"], status["progress"]["step"])
+        if key != last_status:
+            last_status = key
+            yield _sse("status", status)
+        if status["status"] in FINISHED_STATUSES and not points:
+            yield _sse("end", {"status": status["status"], "error": status["error"]})
+            return
+        if not points:
+            yield b": keep-alive\n\n"
+        await asyncio.sleep(STREAM_POLL_SECONDS)
+
+
+app = create_app()

@@ -1,0 +1,109 @@
+"""Checkpoints: recording them with their SHA-256, retention, listing, and reading them back verified."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Literal
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, defer
+
+from service.errors import CheckpointNotFound, CorruptCheckpoint, StateConflict
+from service.models import Checkpoint, Job
+from service.schemas import CheckpointList, CheckpointRead
+
+log = logging.getLogger(__name__)
+
+
+def sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _better(value: float | None, than: float | None, mode: Literal["min", "max"]) -> bool:
+    if value is None:
+        return False
+    if than is None:
+        return True
+    return value < than if mode == "min" else value > than
+
+
+def record_checkpoint(session: Session, *, job: Job, step: int, epoch: int, metric: str, value: float | None,
+                      weights: bytes, state: bytes, is_final: bool, keep_last: int, keep_best: bool,
+                      mode: Literal["min", "max"]) -> Checkpoint:
+    ckpt = Checkpoint(job_id=job.id, step=step, epoch=epoch, metric=metric, value=value, is_final=is_final,
+                      weights=weights, weights_sha256=sha256(weights), state=state, state_sha256=sha256(state),
+                      size_bytes=len(weights) + len(state))
+    session.add(ckpt)
+    session.flush()
+    job.latest_checkpoint_id = ckpt.id
+    best = session.get(Checkpoint, job.best_checkpoint_id, options=[defer(Checkpoint.weights), defer(Checkpoint.state)]) \
+        if job.best_checkpoint_id else None
+    if best is None or _better(value, best.value, mode) or (best.value is None and value is None):
+        job.best_checkpoint_id = ckpt.id
+    _apply_retention(session, job=job, keep_last=keep_last, keep_best=keep_best)
+    return ckpt
+
+
+def _apply_retention(session: Session, *, job: Job, keep_last: int, keep_best: bool) -> None:
+    ids = list(session.scalars(
+        select(Checkpoint.id).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())
+    ))
+    keep = set(ids[:keep_last])
+    if keep_best and job.best_checkpoint_id:
+        keep.add(job.best_checkpoint_id)
+    drop = [i for i in ids if i not in keep]
+    if drop:
+        session.execute(delete(Checkpoint).where(Checkpoint.id.in_(drop)))
+    if not keep_best and job.best_checkpoint_id in drop:
+        job.best_checkpoint_id = job.latest_checkpoint_id
+
+
+def list_checkpoints(session: Session, *, job: Job) -> CheckpointList:
+    rows = session.scalars(
+        select(Checkpoint).where(Checkpoint.job_id == job.id)
+        .options(defer(Checkpoint.weights), defer(Checkpoint.state)).order_by(Checkpoint.step)
+    )
+    return CheckpointList(items=[
+        CheckpointRead(id=c.id, step=c.step, epoch=c.epoch, metric=c.metric, value=c.value, sha256=c.weights_sha256,
+                       size_bytes=c.size_bytes, created_at=c.created_at, is_best=c.id == job.best_checkpoint_id,
+                       is_latest=c.id == job.latest_checkpoint_id)
+        for c in rows
+    ])
+
+
+def resolve_checkpoint_id(job: Job, ref: str) -> str:
+    """`best`, `latest` or an id -> an id; 409 while the job has no checkpoint yet."""
+    if ref in ("best", "latest"):
+        found = job.best_checkpoint_id if ref == "best" else job.latest_checkpoint_id
+        if found is None:
+            raise StateConflict(f"job {job.id} has no checkpoint yet (status {job.status})")
+        return found
+    return ref
+
+
+def load_weights_verified(session: Session, *, job: Job, checkpoint_id: str) -> tuple[bytes, Checkpoint]:
+    ckpt = session.scalar(
+        select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job.id)
+        .options(defer(Checkpoint.state))
+    )
+    if ckpt is None:
+        raise CheckpointNotFound(job.id, checkpoint_id)
+    if sha256(ckpt.weights) != ckpt.weights_sha256:
+        log.error("checkpoint.corrupt job_id=%s checkpoint_id=%s", job.id, ckpt.id)
+        raise CorruptCheckpoint(
+            f"checkpoint {ckpt.id} is corrupt: its bytes no longer match the SHA-256 recorded when it was written; "
+            "it will not be loaded")
+    return ckpt.weights, ckpt
+
+
+def load_resume_state(session: Session, *, job: Job) -> tuple[Checkpoint, bytes, bytes] | None:
+    """The latest checkpoint with verified weights and state, for exact resume; None when there is none."""
+    if job.latest_checkpoint_id is None:
+        return None
+    ckpt = session.get(Checkpoint, job.latest_checkpoint_id)
+    if ckpt is None:
+        return None
+    if sha256(ckpt.weights) != ckpt.weights_sha256 or sha256(ckpt.state) != ckpt.state_sha256:
+        raise CorruptCheckpoint(f"checkpoint {ckpt.id} is corrupt (SHA-256 mismatch); cannot resume from it")
+    return ckpt, ckpt.weights, ckpt.state

@@ -1,0 +1,166 @@
+"""Domain exceptions and the one handler that renders every error as {"type", "detail", "errors"}."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.spec import TAG_NAMES
+
+log = logging.getLogger(__name__)
+
+ErrorItem = dict[str, str]
+
+
+class ServiceError(Exception):
+    status_code = 400
+    type = "bad_request"
+
+    def __init__(self, detail: str, errors: Iterable[ErrorItem] = (), headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = list(errors)
+        self.headers = headers
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    type = "not_found"
+
+
+class JobNotFound(NotFound):
+    def __init__(self, job_id: str):
+        super().__init__(f"job {job_id} not found")
+
+
+class DatasetNotFound(NotFound):
+    def __init__(self, dataset_id: str):
+        super().__init__(f"dataset {dataset_id} not found")
+
+
+class CheckpointNotFound(NotFound):
+    def __init__(self, job_id: str, ref: str):
+        super().__init__(f"checkpoint {ref} of job {job_id} not found")
+
+
+class StateConflict(ServiceError):
+    status_code = 409
+    type = "conflict"
+
+
+class SpecError(ServiceError):
+    status_code = 422
+    type = "validation_error"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    type = "unauthorized"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    type = "payload_too_large"
+
+
+class QuotaExceeded(ServiceError):
+    status_code = 429
+    type = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after: int):
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class Unavailable(ServiceError):
+    status_code = 503
+    type = "unavailable"
+
+
+class CorruptCheckpoint(ServiceError):
+    # The stored bytes no longer match their SHA-256: refuse to load them.
+    status_code = 409
+    type = "corrupt_checkpoint"
+
+
+_TYPE_NAMES = {"int", "float", "str", "bool", "list", "dict", "none", "tuple"}
+
+
+def json_path(loc: Sequence[str | int]) -> str:
+    """('body', 'model', 'layers', 2, 'Linear', 'in_features') -> 'model.layers[2].in_features'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        # Drop what pydantic adds that is not in the user's JSON: the request part, union tags and member types.
+        if part in ("body", "query", "path", "header") and not out:
+            continue
+        if part in TAG_NAMES or part in _TYPE_NAMES or any(c in part for c in "[(-"):
+            continue
+        out += f".{part}" if out else part
+    return out
+
+
+def validation_items(errors: Iterable[dict[str, Any]]) -> list[ErrorItem]:
+    items: list[ErrorItem] = []
+    seen: set[tuple[str, str]] = set()
+    for err in errors:
+        loc, msg = json_path(err.get("loc", ())), str(err.get("msg", "invalid"))
+        ctx = err.get("ctx") or {}
+        if err.get("type") == "union_tag_invalid":
+            msg = f"unknown {ctx.get('discriminator', 'type')} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        elif err.get("type") == "union_tag_not_found":
+            msg = f"missing {ctx.get('discriminator', 'type')}"
+        if (loc, msg) not in seen:
+            seen.add((loc, msg))
+            items.append({"loc": loc, "msg": msg})
+    return items
+
+
+def error_body(type_: str, detail: str, errors: list[ErrorItem]) -> dict[str, Any]:
+    return {"type": type_, "detail": detail, "errors": errors}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(error_body(exc.type, exc.detail, exc.errors), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        items = validation_items(exc.errors())
+        detail = f"the request has {_plural(len(items), 'problem')}: " + "; ".join(
+            f"{i['loc'] or '(body)'}: {i['msg']}" for i in items[:5]
+        )
+        return JSONResponse(error_body("validation_error", detail, items), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kinds = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "payload_too_large"}
+        return JSONResponse(
+            error_body(kinds.get(exc.status_code, "http_error"), str(exc.detail), []),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        from service.db import is_transient
+
+        if is_transient(exc):
+            log.warning("request.db_unavailable path=%s error=%s", request.url.path, exc.__class__.__name__)
+            return JSONResponse(error_body("unavailable", "the database is unavailable; retry shortly", []), 503,
+                                headers={"Retry-After": "2"})
+        log.exception("request.failed path=%s", request.url.path)
+        return JSONResponse(error_body("internal_error", "internal error (a bug): see the server log", []), 500)

@@ -1,0 +1,273 @@
+"""Job use cases: validate, submit, read, list, cancel, delete, and putting lost jobs back in the queue."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.datainfo import DataInfo, DataSpecError, describe_data
+from service.datasets import get_dataset_or_raise
+from service.errors import JobNotFound, QuotaExceeded, SpecError, StateConflict, validation_items
+from service.models import FINISHED_STATUSES, Checkpoint, Job, utcnow
+from service.nets import Issue, Limits, SpecReport, check_spec
+from service.queue import queue_for_device
+from service.schemas import BestCheckpoint, JobPage, JobRead, Progress
+from service.settings import Settings
+from service.spec import JobSpec
+from service.tabular import DatasetDescription
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Analysis:
+    data: DataInfo | None
+    report: dict[str, Any]  # service.schemas.ValidationReport's shape
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report["ok"])
+
+
+def _failed_report(errors: list[dict[str, str]]) -> dict[str, Any]:
+    return {"ok": False, "errors": errors, "warnings": [], "layers": []}
+
+
+def analyse_spec(session: Session, *, tenant: str, spec: JobSpec, settings: Settings) -> Analysis:
+    """The static check: data shapes first, then the layer stack against them."""
+    dataset: DatasetDescription | None = None
+    if spec.data.source == "dataset":
+        try:
+            row = get_dataset_or_raise(session, tenant=tenant, dataset_id=spec.data.dataset_id)
+        except Exception:
+            return Analysis(None, _failed_report([{"loc": "data.dataset_id",
+                                                   "msg": f"dataset {spec.data.dataset_id} not found"}]))
+        dataset = DatasetDescription.from_json(row.description)
+        if spec.data.validation_dataset_id is not None:
+            try:
+                get_dataset_or_raise(session, tenant=tenant, dataset_id=spec.data.validation_dataset_id)
+            except Exception:
+                return Analysis(None, _failed_report([{"loc": "data.validation_dataset_id",
+                                                       "msg": f"dataset {spec.data.validation_dataset_id} not found"}]))
+    try:
+        data = describe_data(spec, dataset=dataset)
+    except DataSpecError as exc:
+        return Analysis(None, _failed_report([{"loc": exc.loc, "msg": exc.msg}]))
+    report: SpecReport = check_spec(spec, data, limits=Limits.from_settings(settings))
+    return Analysis(data, report.to_json())
+
+
+def validate_payload(session: Session, *, tenant: str, payload: Any, settings: Settings) -> dict[str, Any]:
+    """POST /jobs/validate: structural and shape problems alike come back in the report."""
+    try:
+        spec = JobSpec.model_validate(payload)
+    except ValidationError as exc:
+        return _failed_report(validation_items(exc.errors()))
+    return analyse_spec(session, tenant=tenant, spec=spec, settings=settings).report
+
+
+def _issues_detail(errors: list[dict[str, str]]) -> str:
+    head = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:3])
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return f"the spec has {len(errors)} problem{'s' if len(errors) != 1 else ''}: {head}{more}"
+
+
+def _enforce_quotas(session: Session, *, tenant: str, settings: Settings) -> None:
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(("queued", "running")))
+    ) or 0
+    if active >= settings.max_running_jobs_per_tenant:
+        raise QuotaExceeded(
+            f"{active} jobs are queued or running, the limit is {settings.max_running_jobs_per_tenant}; "
+            "wait for one to finish or cancel one", retry_after=10)
+    since = utcnow() - timedelta(minutes=1)
+    recent = session.scalar(
+        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.created_at >= since)
+    ) or 0
+    if recent >= settings.max_submissions_per_minute:
+        raise QuotaExceeded(
+            f"{recent} jobs submitted in the last minute, the limit is {settings.max_submissions_per_minute}",
+            retry_after=60)
+
+
+def submit_job(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: str | None,
+               settings: Settings) -> tuple[Job, bool]:
+    """Store a checked job as queued. Returns (job, created); the caller enqueues after commit when created."""
+    if idempotency_key:
+        existing = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            return existing, False
+    analysis = analyse_spec(session, tenant=tenant, spec=spec, settings=settings)
+    if not analysis.ok or analysis.data is None:
+        raise SpecError(_issues_detail(analysis.report["errors"]), analysis.report["errors"])
+    _enforce_quotas(session, tenant=tenant, settings=settings)
+    report = analysis.report
+    job = Job(
+        tenant=tenant,
+        name=spec.name,
+        status="queued",
+        spec=spec.model_dump(mode="json"),
+        report=report,
+        data_info=analysis.data.to_json(),
+        queue=queue_for_device(spec.training.device),
+        idempotency_key=idempotency_key,
+        total_steps=int(report.get("total_steps") or 0),
+        epochs=int(spec.training.epochs or 0) or _epochs_from_report(report),
+        last_metrics={},
+    )
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Two submissions with the same key raced: the other one won, answer with its job.
+        session.rollback()
+        existing = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
+        if existing is None:
+            raise
+        return existing, False
+    log.info("job.submitted job_id=%s tenant=%s params=%s", job.id, tenant, report.get("total_params"))
+    return job, True
+
+
+def _epochs_from_report(report: dict[str, Any]) -> int:
+    steps, per_epoch = int(report.get("total_steps") or 0), int(report.get("steps_per_epoch") or 1)
+    return -(-steps // per_epoch) if steps else 0
+
+
+def get_job_or_raise(session: Session, *, tenant: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant != tenant:
+        raise JobNotFound(job_id)
+    return job
+
+
+def _encode_cursor(created_at: datetime, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{job_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except Exception as exc:
+        raise SpecError("invalid cursor", [{"loc": "cursor", "msg": "not a cursor this API returned"}]) from exc
+
+
+def list_jobs(session: Session, *, tenant: str, status: str | None, limit: int, cursor: str | None) -> JobPage:
+    query = select(Job).where(Job.tenant == tenant)
+    if status:
+        query = query.where(Job.status == status)
+    if cursor:
+        created, job_id = _decode_cursor(cursor)
+        query = query.where((Job.created_at < created) | ((Job.created_at == created) & (Job.id < job_id)))
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    next_cursor = _encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    return JobPage(items=[job_read(session, job, full=False) for job in rows[:limit]], next_cursor=next_cursor)
+
+
+def cancel_job(session: Session, *, tenant: str, job_id: str) -> Job:
+    job = get_job_or_raise(session, tenant=tenant, job_id=job_id)
+    if job.status in FINISHED_STATUSES:
+        raise StateConflict(f"job {job_id} is already {job.status}")
+    job.cancel_requested = True
+    if job.status == "queued":
+        # Never started: a worker that receives it later sees the status and exits.
+        job.status = "cancelled"
+        job.finished_at = utcnow()
+    log.info("job.cancel_requested job_id=%s status=%s", job_id, job.status)
+    return job
+
+
+def delete_job(session: Session, *, tenant: str, job_id: str) -> None:
+    job = get_job_or_raise(session, tenant=tenant, job_id=job_id)
+    if job.status not in FINISHED_STATUSES:
+        raise StateConflict(f"job {job_id} is {job.status}; cancel it before deleting it")
+    session.execute(delete(Job).where(Job.id == job.id))
+    log.info("job.deleted job_id=%s", job_id)
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def job_progress(job: Job) -> Progress:
+    fraction = min(1.0, job.step / job.total_steps) if job.total_steps else 0.0
+    if job.status == "succeeded":
+        fraction = 1.0
+    eta: float | None = None
+    started = _as_utc(job.started_at)
+    if job.status == "running" and started is not None and 0 < fraction < 1:
+        elapsed = (utcnow() - started).total_seconds()
+        eta = round(elapsed * (1 - fraction) / fraction, 1)
+    return Progress(epoch=job.epoch, epochs=job.epochs, step=job.step, total_steps=job.total_steps,
+                    fraction=round(fraction, 4), eta_seconds=eta)
+
+
+def job_read(session: Session, job: Job, *, full: bool = True) -> JobRead:
+    best: BestCheckpoint | None = None
+    if job.best_checkpoint_id:
+        ckpt = session.get(Checkpoint, job.best_checkpoint_id)
+        if ckpt is not None:
+            best = BestCheckpoint(checkpoint_id=ckpt.id, metric=ckpt.metric, value=ckpt.value, step=ckpt.step)
+    return JobRead(
+        id=job.id,
+        name=job.name,
+        status=job.status,  # type: ignore[arg-type]
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        attempts=job.attempts,
+        error=job.error,
+        cancel_requested=job.cancel_requested,
+        device=str(job.spec.get("training", {}).get("device", "auto")),
+        progress=job_progress(job),
+        best=best,
+        latest_checkpoint_id=job.latest_checkpoint_id,
+        last_metrics=dict(job.last_metrics or {}),
+        spec=job.spec if full else None,
+        report=job.report if full else None,
+    )
+
+
+def reap_expired_leases(session: Session, *, settings: Settings) -> list[tuple[str, str]]:
+    """Running jobs whose worker stopped renewing the lease go back to the queue (or fail after the cap).
+
+    Returns (job_id, queue) pairs to enqueue once this transaction has committed.
+    """
+    now = utcnow()
+    expired = list(session.scalars(
+        select(Job).where(Job.status == "running", Job.lease_expires_at < now).with_for_update(skip_locked=True)
+    ))
+    requeue: list[tuple[str, str]] = []
+    for job in expired:
+        if job.cancel_requested:
+            job.status, job.finished_at, job.lease_owner = "cancelled", now, None
+        elif job.attempts >= settings.max_attempts:
+            job.status, job.finished_at, job.lease_owner = "failed", now, None
+            job.error = (f"the worker running this job was lost {job.attempts} times "
+                         f"(TRAINSERVE_MAX_ATTEMPTS={settings.max_attempts}); last lease owner {job.lease_owner}")
+        else:
+            job.status, job.lease_owner = "queued", None
+            requeue.append((job.id, job.queue))
+        log.warning("job.lease_expired job_id=%s attempts=%d now=%s", job.id, job.attempts, job.status)
+    return requeue
+
+
+def release_lease(session: Session, *, job_id: str, owner: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(lease_owner=None))
+
+
+__all__ = [
+    "Analysis", "Issue", "analyse_spec", "validate_payload", "submit_job", "get_job_or_raise", "list_jobs",
+    "cancel_job", "delete_job", "job_read", "job_progress", "reap_expired_leases",
+]

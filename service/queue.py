@@ -1,0 +1,79 @@
+"""The broker side the API needs: a Celery producer that enqueues tasks by name (it never imports worker)."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+TRAIN_JOB = "trainserve.train_job"
+QUEUES = ("cpu", "gpu")
+
+
+def queue_for_device(device: str) -> str:
+    # `auto` goes to the cpu queue; GPU workers listen on both queues, so they pick auto jobs up too.
+    return "gpu" if device == "cuda" else "cpu"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": "cpu",
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_hijack_root_logger": False,
+        "broker_transport_options": {},
+    }
+    if settings.broker_url.startswith("filesystem"):
+        folder = settings.broker_dir
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        config["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+            "polling_interval": 0.2,
+        }
+    elif settings.broker_url.startswith(("redis", "rediss")):
+        # Redis redelivers an unacknowledged task after visibility_timeout: it must exceed the longest job a
+        # worker may run, or a healthy long job would be delivered twice (the lease would still stop the copy).
+        config["broker_transport_options"] = {"visibility_timeout": settings.job_time_limit_seconds + 3600}
+    return config
+
+
+def make_celery(settings: Settings, name: str = "trainserve") -> Celery:
+    app = Celery(name)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@lru_cache
+def get_producer() -> Celery:
+    return make_celery(get_settings(), "trainserve-api")
+
+
+def enqueue_training(job_id: str, *, queue: str) -> None:
+    get_producer().send_task(TRAIN_JOB, args=[job_id], queue=queue)
+    log.info("job.enqueued job_id=%s queue=%s", job_id, queue)
+
+
+def broker_ok() -> bool:
+    try:
+        with get_producer().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return True
+    except Exception as exc:  # any broker failure means "not ready"
+        log.warning("broker.unavailable error=%s", exc)
+        return False

@@ -1,0 +1,66 @@
+"""The one place that reads the environment: every TRAINSERVE_* setting, with safe defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINSERVE_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".trainserve")
+    # Empty means the embedded default under `home`: SQLite in WAL mode and Celery's filesystem transport.
+    database_url: str = ""
+    broker_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Limits: each answers 413/422/429 with the figure that broke it.
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_dataset_bytes: int = 64 * 1024 * 1024
+    max_parameters: int = 50_000_000
+    max_epochs: int = 10_000
+    max_steps: int = 10_000_000
+    max_rows: int = 1_000_000
+    max_layers: int = 256
+    max_page_size: int = 200
+    max_predict_rows: int = 10_000
+    max_running_jobs_per_tenant: int = 8
+    max_submissions_per_minute: int = 120
+    job_time_limit_seconds: int = 6 * 3600
+
+    # Leases: a running job whose heartbeat is older than lease_seconds goes back to the queue.
+    lease_seconds: int = 60
+    heartbeat_seconds: float = 5.0
+    max_attempts: int = 3
+    reaper_interval_seconds: float = 10.0
+
+    model_cache_size: int = 16
+    worker_queues: str = "cpu"
+    worker_concurrency: int = 1
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'trainserve.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        return self
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

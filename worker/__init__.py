@@ -1,0 +1,1 @@
+"""trainserve worker: the Celery app, task bodies, data loading and the training engine."""
