@@ -190,7 +190,7 @@ def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin r
             return Response("trainserve API: see /docs", media_type="text/plain")
         return FileResponse(index)
 
-    @app.get("/healthz", response_model=Health, tags=["health"])
+    @app.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["health"])
     def healthz() -> Health:
         return Health(status="ok")
 
