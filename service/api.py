@@ -282,6 +282,9 @@ def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin r
         since_step: Annotated[int | None, Query(ge=0)] = None,
     ) -> StreamingResponse:
         job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
+        # End the request's transaction now: the stream outlives the route, and an open transaction would hold
+        # SQLite's write lock (or a PostgreSQL connection) for as long as the client listens.
+        session.commit()
         return StreamingResponse(_event_stream(job.id, tenant, _split_names(names), since_step),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -361,7 +361,8 @@ class EarlyStopping(StrictModel):
 
 
 class CheckpointPolicy(StrictModel):
-    every_epochs: PositiveInt = 1
+    # None: at the end of an epoch once 10 s have passed since the last checkpoint (and always at the end).
+    every_epochs: PositiveInt | None = None
     keep_last: PositiveInt = 3
     keep_best: bool = True
     monitor: str | None = None  # None: val_loss when there is validation data, else train_loss
