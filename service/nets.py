@@ -13,12 +13,13 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from service.datainfo import DataInfo
+from service.datainfo import DataInfo, TaskKind
+from service.datainfo import task_kind as loss_task_kind
 from service.plan import StepPlan, plan_steps
 from service.spec import (
     CLASSIFICATION_LOSSES,
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TaskKind = Literal["classification", "binary", "regression"]
 Shape = tuple[int, ...]
 
 BYTES_PER_VALUE = 4  # float32 weights, grads, optimizer state and activations
@@ -126,11 +126,7 @@ class ShapeError(ValueError):
 
 
 def task_kind(spec: JobSpec) -> TaskKind:
-    if spec.loss.type in CLASSIFICATION_LOSSES:
-        return "classification"
-    if spec.loss.type == "BCEWithLogitsLoss":
-        return "binary"
-    return "regression"
+    return loss_task_kind(spec.loss.type)
 
 
 # --- the shape walk -----------------------------------------------------------------------------------
@@ -694,7 +690,7 @@ def _check_loss(spec: JobSpec, data: DataInfo, walk: _Walk, report: SpecReport) 
 def _check_monitors(spec: JobSpec, report: SpecReport) -> None:
     task = task_kind(spec)
     allowed = ["train_loss", "val_loss"]
-    if task == "classification":
+    if task in ("classification", "binary"):  # binary accuracy thresholds the logits at 0
         allowed.append("val_accuracy")
     elif task == "regression":
         allowed += ["val_mae", "val_r2"]
@@ -712,7 +708,7 @@ def _check_monitors(spec: JobSpec, report: SpecReport) -> None:
         if metric not in KNOWN_METRICS:
             report.errors.append(Issue(loc, f"unknown metric {metric!r}; choose one of {', '.join(allowed)}"))
         elif metric not in allowed:
-            kind = "regression losses" if metric in _REGRESSION_METRICS else "CrossEntropyLoss and NLLLoss"
+            kind = "regression losses" if metric in _REGRESSION_METRICS else "classification losses"
             report.errors.append(
                 Issue(
                     loc,
