@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "trainserve_read_only"
 
 
 def normalize_url(url: str) -> str:
@@ -50,7 +51,9 @@ def make_engine(settings: Settings) -> Engine:
         def _sqlite_begin(conn: Any) -> None:
             # A deferred transaction that reads then writes can fail with "database is locked" at once
             # (the busy timeout does not apply to lock upgrades); IMMEDIATE waits for the writer lock instead.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Read-only sessions (GET requests, streams) take no lock at all: WAL readers never block writers.
+            read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
@@ -66,10 +69,16 @@ def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
+@lru_cache
+def get_read_sessionmaker() -> sessionmaker[Session]:
+    """Sessions for reads only; on SQLite their transactions take no write lock."""
+    return sessionmaker(bind=get_engine().execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False)
+
+
 @contextmanager
-def session_scope() -> Iterator[Session]:
+def session_scope(*, read_only: bool = False) -> Iterator[Session]:
     """One short transaction: commit on success, roll back on error."""
-    session = get_sessionmaker()()
+    session = (get_read_sessionmaker() if read_only else get_sessionmaker())()
     try:
         yield session
         session.commit()

@@ -20,4 +20,6 @@ def alembic_config(database_url: str) -> Config:
 
 
 def migrate_to_head(database_url: str) -> None:
+    if database_url.startswith("sqlite:///"):
+        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(database_url), "head")

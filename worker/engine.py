@@ -463,6 +463,17 @@ def _available_metric(name: str, available: set[str], what: str) -> str:
 # --- the loop -------------------------------------------------------------------------------------------
 
 
+# Below this much work per optimizer step (about 6 x parameters x batch FLOPs), a second CPU thread costs more in
+# synchronisation than it saves; above it PyTorch's default thread count is kept.
+SINGLE_THREAD_MAX_FLOPS_PER_STEP = 2e8
+
+
+def cpu_threads_for(model: nn.Module, batch_size: int) -> int:
+    """The intra-op thread count fit() trains with on the CPU."""
+    flops = 6 * sum(p.numel() for p in model.parameters()) * batch_size
+    return 1 if flops < SINGLE_THREAD_MAX_FLOPS_PER_STEP else torch.get_num_threads()
+
+
 def fit(
     model: nn.Module,
     spec: JobSpec,
@@ -479,8 +490,30 @@ def fit(
 
     ``resume`` is the (weights, state) pair of a CheckpointBlob: training continues after its epoch and
     reproduces, bit for bit on CPU, what the uninterrupted run would have done. Raises TrainingDiverged when
-    the loss stops being finite.
+    the loss stops being finite. Small CPU models train on one thread (the caller's setting is restored).
     """
+    previous = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(cpu_threads_for(model, spec.training.batch_size))
+    try:
+        return _fit(model, spec, data, device=device, on_points=on_points, on_checkpoint=on_checkpoint,
+                    on_progress=on_progress, should_stop=should_stop, resume=resume)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _fit(
+    model: nn.Module,
+    spec: JobSpec,
+    data: TrainData,
+    *,
+    device: torch.device | str = "cpu",
+    on_points: Callable[[list[Point]], None] = _ignore_points,
+    on_checkpoint: Callable[[CheckpointBlob], None] = _ignore_checkpoint,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] = _never,
+    resume: tuple[bytes, bytes] | None = None,
+) -> FitResult:
     started = time.monotonic()
     dev = torch.device(device)
     training = spec.training
