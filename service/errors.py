@@ -108,7 +108,7 @@ def json_path(loc: Sequence[str | int]) -> str:
     return out
 
 
-def validation_items(errors: Iterable[dict[str, Any]]) -> list[ErrorItem]:
+def validation_items(errors: Iterable[Any]) -> list[ErrorItem]:
     items: list[ErrorItem] = []
     seen: set[tuple[str, str]] = set()
     for err in errors:

@@ -39,6 +39,24 @@ def read_points(session: Session, *, job_id: str, names: list[str] | None, since
     return downsample(points, max_points) if max_points else points
 
 
+def read_new_points(session: Session, *, job_id: str, names: list[str] | None, since_step: int | None,
+                    after_id: int) -> tuple[list[MetricPointRead], int]:
+    """Points stored after the one with id `after_id`, in storage order: a stream's cursor.
+
+    Steps cannot serve as that cursor: an epoch's val_loss carries the step of a train_loss point that may
+    already have been sent. Only one worker writes a job's points (the lease), so ids grow in commit order.
+    """
+    query = select(MetricPoint.id, MetricPoint.name, MetricPoint.step, MetricPoint.epoch, MetricPoint.value,
+                   MetricPoint.time).where(MetricPoint.job_id == job_id, MetricPoint.id > after_id)
+    if names:
+        query = query.where(MetricPoint.name.in_(names))
+    if since_step is not None:
+        query = query.where(MetricPoint.step > since_step)
+    rows = session.execute(query.order_by(MetricPoint.id)).all()
+    points = [MetricPointRead(name=r.name, step=r.step, epoch=r.epoch, value=r.value, time=r.time) for r in rows]
+    return points, (rows[-1].id if rows else after_id)
+
+
 def downsample(points: list[MetricPointRead], max_points: int) -> list[MetricPointRead]:
     """At most max_points per series, evenly spaced by position, first and last kept."""
     by_name: dict[str, list[MetricPointRead]] = {}

@@ -154,10 +154,12 @@ def test_metrics_filters_cursor_downsampling_and_csv(stack: LiveServer) -> None:
 
 
 def test_stream_delivers_points_while_the_job_runs(stack: LiveServer) -> None:
+    spec = long_seed_spec(2000)
+    spec["training"]["validation_split"] = 0.25  # val_* points share their step with that epoch's train_loss
     with stack.client(timeout=120) as c:
-        job = submit(c, long_seed_spec(2000))
+        job = submit(c, spec)
         events: list[tuple[str, Any]] = []
-        with c.stream("GET", f"/jobs/{job['id']}/metrics/stream", params={"names": "train_loss"}) as response:
+        with c.stream("GET", f"/jobs/{job['id']}/metrics/stream") as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             event = None
             for line in response.iter_lines():
@@ -175,8 +177,12 @@ def test_stream_delivers_points_while_the_job_runs(stack: LiveServer) -> None:
     first_points = kinds.index("points")
     statuses_before = [data["status"] for e, data in events[:first_points + 2] if e == "status"]
     assert "running" in statuses_before or "queued" in statuses_before
-    steps = [p["step"] for batch in point_batches for p in batch]
+    streamed = [p for batch in point_batches for p in batch]
+    steps = [p["step"] for p in streamed if p["name"] == "train_loss"]
     assert steps == sorted(steps) and len(steps) == len(set(steps)) == 2000
+    with stack.client() as c:
+        stored = c.get(f"/jobs/{job['id']}/metrics").json()["points"]
+    assert sorted((p["name"], p["step"]) for p in streamed) == sorted((p["name"], p["step"]) for p in stored)
 
 
 def test_checkpoint_download_reproduces_predict(stack: LiveServer) -> None:

@@ -1,0 +1,232 @@
+"""The web dashboard end to end: Debian's headless chromium (Playwright) against a live embedded server.
+
+Covers what a user does in the browser: enter the API key, submit a spec from the submit page, watch the
+loss curve grow while the job runs, see a shape error at its JSON path before submitting, cancel a running
+job, filter the jobs list. Every test also asserts the page logged no console error.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+
+from service.spec import SEED_EXAMPLE
+
+if TYPE_CHECKING:  # the fixture's type only: conftest is pytest's to import
+    from tests.conftest import LiveServer
+
+log = logging.getLogger(__name__)
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard-job.png"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Generous: a shared 2-core machine can run the worker many times slower than an idle one.
+JOB_TIMEOUT_MS = 240_000
+
+
+def seed_spec(n_samples: int = 128, **training: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(SEED_EXAMPLE)
+    spec["training"].update(training)
+    spec["data"]["n_samples"] = n_samples
+    return spec
+
+
+# The seed example made to run for a few seconds on an idle machine, so its curve can be watched growing:
+# 26 steps an epoch, each step logged; few epochs, as each one ends with database writes. A validation
+# split adds the per-epoch curves.
+LONG_EPOCHS = 100
+LONG_SEED = seed_spec(n_samples=1024, epochs=LONG_EPOCHS, batch_size=32, log_every_steps=1, validation_split=0.2,
+                      checkpoint={"every_epochs": 25})
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-browser.sh (as root) to install Debian's chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class Dashboard:
+    page: Page
+    server: LiveServer
+    console_errors: list[str] = field(default_factory=list)
+
+    def open(self, route: str = "#/jobs") -> None:
+        self.page.goto(f"{self.server.url}/{route}")
+
+    def log_in(self, key: str | None = None) -> None:
+        self.page.get_by_test_id("key-input").fill(key or self.server.api_key)
+        self.page.get_by_test_id("key-save").click()
+
+    def edit_spec(self, spec: dict[str, Any]) -> None:
+        self.page.get_by_test_id("spec-input").fill(json.dumps(spec, indent=2))
+
+    def loss_points(self) -> int:
+        return int(self.page.get_by_test_id("chart-loss").get_attribute("data-points") or 0)
+
+
+@pytest.fixture
+def dashboard(browser: Browser, embedded_server: LiveServer) -> Iterator[Dashboard]:
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    dash = Dashboard(page=page, server=embedded_server)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            dash.console_errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: dash.console_errors.append(f"uncaught: {exc}"))
+    yield dash
+    context.close()
+
+
+@pytest.mark.timeout(600)
+def test_seed_example_submitted_from_the_page_draws_live_curves_until_it_succeeds(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    dashboard.open("#/submit")
+    expect(page.get_by_test_id("key-form")).to_be_visible()  # no key stored yet
+    dashboard.log_in()
+
+    page.get_by_test_id("example-select").select_option("seed")
+    assert json.loads(page.get_by_test_id("spec-input").input_value()) == SEED_EXAMPLE
+    dashboard.edit_spec(LONG_SEED)
+    expect(page.get_by_test_id("validation-status")).to_contain_text("Valid")
+    expect(page.locator('[data-testid="layer-table"] tbody tr')).to_have_count(5)
+    page.get_by_test_id("submit-job").click()
+
+    page.wait_for_url("**/#/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=chart-loss]').dataset.points) > 0", timeout=JOB_TIMEOUT_MS
+    )
+    first = dashboard.loss_points()
+    page.wait_for_function(
+        "n => Number(document.querySelector('[data-testid=chart-loss]').dataset.points) > n",
+        arg=first,
+        timeout=JOB_TIMEOUT_MS,
+    )
+    assert dashboard.loss_points() > first
+
+    expect(page.get_by_test_id("job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    # Every point the server holds ends up on the charts: the history and the live stream join without gaps.
+    with dashboard.server.client() as client:
+        points = client.get(f"/jobs/{job_id}/metrics", params={"names": "train_loss,val_loss,lr"}).json()["points"]
+    counts = {name: sum(p["name"] == name for p in points) for name in ("train_loss", "val_loss", "lr")}
+    assert counts["val_loss"] == LONG_EPOCHS
+    loss_total = str(counts["train_loss"] + counts["val_loss"])
+    expect(page.get_by_test_id("chart-loss")).to_have_attribute("data-points", loss_total, timeout=10_000)
+    expect(page.get_by_test_id("chart-lr")).to_have_attribute("data-points", str(counts["lr"]))
+    expect(page.get_by_test_id("chart-val")).not_to_have_attribute("data-points", "0")
+    expect(page.locator('[data-testid="checkpoint-rows"] [data-testid="checkpoint-download"]').first).to_be_visible()
+    expect(page.get_by_test_id("cancel-job")).to_be_hidden()
+
+    page.get_by_test_id("predict-input").fill(json.dumps([[0.1] * 32, [-0.2] * 32]))
+    page.get_by_test_id("predict-submit").click()
+    expect(page.locator('[data-testid="predictions"] tbody tr')).to_have_count(2)
+
+    page.get_by_test_id("log-scale").check()
+    page.get_by_test_id("smoothing").fill("0.8")
+    expect(page.locator("output[for=smoothing]")).to_have_text("0.80")
+    page.wait_for_timeout(300)  # a few animation frames for the redraw before the picture
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # The jobs page lists it under its status filter and not under another.
+    page.get_by_test_id("nav-jobs").click()
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    expect(row).to_have_attribute("data-status", "succeeded")
+    page.get_by_test_id("status-filter").select_option("cancelled")
+    expect(row).to_have_count(0)
+    page.get_by_test_id("status-filter").select_option("succeeded")
+    expect(row).to_have_count(1)
+
+    assert dashboard.console_errors == []
+
+
+def test_a_mismatched_layer_is_shown_at_its_json_path_before_submitting(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    dashboard.open("#/submit")
+    dashboard.log_in()
+    spec = seed_spec()
+    spec["model"]["layers"][2]["in_features"] = 99
+    with dashboard.server.client() as client:
+        jobs_before = client.get("/jobs").json()["items"]
+
+    dashboard.edit_spec(spec)
+
+    error = page.locator('[data-testid="spec-errors"] li[data-loc="model.layers[2].in_features"]')
+    expect(error).to_contain_text("64")  # what the previous layer really outputs
+    expect(page.locator('[data-testid="layer-table"] tr[data-layer-index="2"]')).to_have_class("has-error")
+    expect(page.locator('[data-testid="layer-table"] tr.has-error')).to_have_count(1)
+    expect(page.get_by_test_id("submit-job")).to_be_disabled()
+    # The error's path selects the offending value in the editor.
+    error.get_by_role("button").click()
+    selected = page.get_by_test_id("spec-input").evaluate("t => t.value.slice(t.selectionStart, t.selectionEnd)")
+    assert selected == "99"
+
+    spec["model"]["layers"][2]["in_features"] = 64
+    dashboard.edit_spec(spec)
+    expect(page.get_by_test_id("validation-status")).to_contain_text("Valid")
+    expect(page.get_by_test_id("spec-errors")).to_have_count(0)
+    expect(page.get_by_test_id("submit-job")).to_be_enabled()
+    with dashboard.server.client() as client:
+        assert client.get("/jobs").json()["items"] == jobs_before  # nothing was submitted
+    assert dashboard.console_errors == []
+
+
+def test_a_running_job_is_cancelled_from_its_page(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    # Runs for minutes unless cancelled.
+    spec = seed_spec(n_samples=1024, epochs=10_000, batch_size=8, log_every_steps=10, checkpoint={"every_epochs": 1000})
+    with dashboard.server.client() as client:
+        response = client.post("/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+        try:
+            dashboard.open(f"#/jobs/{job_id}")
+            dashboard.log_in()
+            expect(page.get_by_test_id("job-status")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
+            page.get_by_test_id("cancel-job").click()
+            expect(page.get_by_test_id("job-status")).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
+            expect(page.get_by_test_id("cancel-job")).to_be_hidden()
+            assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+        finally:
+            # A failed run must not leave the shared worker busy for the rest of the session.
+            if client.get(f"/jobs/{job_id}").json()["status"] in ("queued", "running"):
+                client.post(f"/jobs/{job_id}/cancel")
+    assert dashboard.console_errors == []
+
+
+def test_a_refused_key_brings_the_key_form_back(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    dashboard.open("#/jobs")
+    dashboard.log_in("not-a-key")
+    expect(page.get_by_test_id("key-form").get_by_role("alert")).to_contain_text("401")
+    assert page.evaluate("() => localStorage.getItem('trainserve.apiKey')") is None
+
+    dashboard.log_in()
+    expect(page.get_by_test_id("jobs-table")).to_be_visible()
+    expect(page.get_by_test_id("key-form")).to_have_count(0)
+    # The browser itself reports the refused request; nothing else may reach the console.
+    assert [e for e in dashboard.console_errors if "401" not in e] == []
