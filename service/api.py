@@ -14,13 +14,14 @@ import anyio
 from fastapi import Body, Depends, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import checkpoints, datasets, jobs, metrics
 from service.auth import authenticate
-from service.db import get_sessionmaker, session_scope, with_retry
+from service.db import get_read_sessionmaker, get_sessionmaker, session_scope, with_retry
 from service.errors import PayloadTooLarge, error_body, install_error_handlers
 from service.models import FINISHED_STATUSES
 from service.predict import ModelCache, predict
@@ -29,6 +30,7 @@ from service.schemas import (
     CheckpointList,
     DatasetPage,
     DatasetRead,
+    ErrorItem,
     Health,
     JobPage,
     JobRead,
@@ -47,12 +49,38 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 STREAM_POLL_SECONDS = 0.5
 
 
+class ErrorBody(BaseModel):
+    """Every error answer (service.errors renders them); documented so clients and schema checks see it."""
+
+    type: str
+    detail: str
+    errors: list[ErrorItem]
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "the body could not be parsed at all (undecodable bytes, broken multipart)",
+    401: "missing, invalid or revoked API key",
+    404: "not found, or owned by another tenant",
+    409: "the resource's state forbids it (finished job, no checkpoint yet, corrupt checkpoint)",
+    413: "the request body or upload is over its limit",
+    422: "the request or the spec is invalid; `errors` holds the JSON path of each problem",
+    429: "over a quota; see Retry-After",
+    503: "the database is unavailable; see Retry-After",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    # Replacing FastAPI's default 422 schema too: our handler answers {"type", "detail", "errors"} for all of them.
+    return {code: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[code]}
+            for code in sorted({401, 422, 503, *codes})}
+
+
 # --- dependencies -------------------------------------------------------------------------------------
 
 
-def get_session() -> Iterator[Session]:
+def get_session(request: Request) -> Iterator[Session]:
     """One transaction per request: routes that write commit before they answer (and before enqueueing)."""
-    session = get_sessionmaker()()
+    session = (get_read_sessionmaker() if request.method in ("GET", "HEAD") else get_sessionmaker())()
     try:
         yield session
         session.commit()
@@ -182,7 +210,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 SPEC_EXAMPLES = {"seed": {"summary": "The seed article's 3-layer regression MLP", "value": SEED_EXAMPLE}}
 
 
-def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin routes
+def register_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False, response_model=None)
     def dashboard() -> Response:
         index = STATIC_DIR / "index.html"
@@ -207,7 +235,7 @@ def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin r
         response.status_code = 200 if ready else 503
         return Health(status="ready" if ready else "unavailable", database=database, broker=broker)
 
-    @app.post("/jobs", status_code=201, response_model=JobRead, tags=["jobs"])
+    @app.post("/jobs", status_code=201, response_model=JobRead, tags=["jobs"], responses=error_responses(400, 413, 429))
     def create_job(
         session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
         spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
@@ -223,14 +251,15 @@ def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin r
             response.status_code = 200
         return jobs.job_read(session, job)
 
-    @app.post("/jobs/validate", response_model=ValidationReport, tags=["jobs"])
+    @app.post("/jobs/validate", response_model=ValidationReport, tags=["jobs"],
+              responses=error_responses(400, 413))
     def validate_job(
         session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
         payload: Annotated[dict[str, Any], Body(openapi_examples=SPEC_EXAMPLES)],
     ) -> dict[str, Any]:
         return jobs.validate_payload(session, tenant=tenant, payload=payload, settings=settings)
 
-    @app.get("/jobs", response_model=JobPage, tags=["jobs"])
+    @app.get("/jobs", response_model=JobPage, tags=["jobs"], responses=error_responses())
     def list_jobs(
         session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
         status: JobStatus | None = None,
@@ -240,24 +269,24 @@ def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin r
         return jobs.list_jobs(session, tenant=tenant, status=status, limit=min(limit, settings.max_page_size),
                               cursor=cursor)
 
-    @app.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"])
+    @app.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], responses=error_responses(404))
     def get_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobRead:
         return jobs.job_read(session, jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id))
 
-    @app.post("/jobs/{job_id}/cancel", response_model=JobRead, tags=["jobs"])
+    @app.post("/jobs/{job_id}/cancel", response_model=JobRead, tags=["jobs"], responses=error_responses(404, 409))
     def cancel_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobRead:
         job = jobs.cancel_job(session, tenant=tenant, job_id=job_id)
         session.commit()
         return jobs.job_read(session, job)
 
-    @app.delete("/jobs/{job_id}", status_code=204, tags=["jobs"])
+    @app.delete("/jobs/{job_id}", status_code=204, tags=["jobs"], responses=error_responses(404, 409))
     def delete_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> Response:
         jobs.delete_job(session, tenant=tenant, job_id=job_id)
         session.commit()
         return Response(status_code=204)
 
     @app.get("/jobs/{job_id}/metrics", response_model=MetricsPage, tags=["metrics"],
-             responses={200: {"content": {"text/csv": {}}}})
+             responses={200: {"content": {"text/csv": {}}}, **error_responses(404)})
     def get_metrics(
         session: SessionDep, tenant: CurrentTenant, job_id: str,
         names: Annotated[list[str] | None, Query()] = None,
@@ -275,7 +304,7 @@ def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin r
         return MetricsPage(job_id=job.id, status=job.status, last_step=last, points=points)  # type: ignore[arg-type]
 
     @app.get("/jobs/{job_id}/metrics/stream", tags=["metrics"],
-             responses={200: {"content": {"text/event-stream": {}}}})
+             responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)})
     def stream_metrics(
         session: SessionDep, tenant: CurrentTenant, job_id: str,
         names: Annotated[list[str] | None, Query()] = None,
@@ -289,13 +318,14 @@ def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin r
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get("/jobs/{job_id}/checkpoints", response_model=CheckpointList, tags=["checkpoints"])
+    @app.get("/jobs/{job_id}/checkpoints", response_model=CheckpointList, tags=["checkpoints"],
+             responses=error_responses(404))
     def list_checkpoints(session: SessionDep, tenant: CurrentTenant, job_id: str) -> CheckpointList:
         job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
         return checkpoints.list_checkpoints(session, job=job)
 
     @app.get("/jobs/{job_id}/checkpoints/{ckpt}", tags=["checkpoints"], response_class=Response,
-             responses={200: {"content": {"application/octet-stream": {}}}})
+             responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(404, 409)})
     def download_checkpoint(session: SessionDep, tenant: CurrentTenant, job_id: str, ckpt: str) -> Response:
         job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
         weights, row = checkpoints.load_weights_verified(
@@ -304,7 +334,7 @@ def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin r
             "Content-Disposition": f'attachment; filename="{job.id}-step{row.step}.safetensors"',
             "X-Checkpoint-Id": row.id, "X-Checkpoint-SHA256": row.weights_sha256})
 
-    @app.post("/predict", response_model=PredictResponse, tags=["predict"])
+    @app.post("/predict", response_model=PredictResponse, tags=["predict"], responses=error_responses(400, 404, 409, 413))
     def post_predict(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep, request: Request,
                      body: PredictRequest, response: Response) -> PredictResponse:
         result, hit = predict(session, tenant=tenant, request=body, cache=request.app.state.model_cache,
@@ -312,7 +342,8 @@ def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin r
         response.headers["X-Model-Cache"] = "hit" if hit else "miss"
         return result
 
-    @app.post("/datasets", status_code=201, response_model=DatasetRead, tags=["datasets"])
+    @app.post("/datasets", status_code=201, response_model=DatasetRead, tags=["datasets"],
+              responses=error_responses(400, 413))
     async def upload_dataset(
         session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
         file: Annotated[UploadFile, File(description="CSV (with a header row), Parquet or NPZ")],
@@ -326,12 +357,12 @@ def register_routes(app: FastAPI) -> None:  # noqa: C901 - a flat list of thin r
         session.commit()
         return datasets.dataset_read(dataset)
 
-    @app.get("/datasets", response_model=DatasetPage, tags=["datasets"])
+    @app.get("/datasets", response_model=DatasetPage, tags=["datasets"], responses=error_responses())
     def list_datasets(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
                       limit: Annotated[int, Query(ge=1)] = 50) -> DatasetPage:
         return datasets.list_datasets(session, tenant=tenant, limit=min(limit, settings.max_page_size))
 
-    @app.get("/datasets/{dataset_id}", response_model=DatasetRead, tags=["datasets"])
+    @app.get("/datasets/{dataset_id}", response_model=DatasetRead, tags=["datasets"], responses=error_responses(404))
     def get_dataset(session: SessionDep, tenant: CurrentTenant, dataset_id: str) -> DatasetRead:
         return datasets.dataset_read(datasets.get_dataset_or_raise(session, tenant=tenant, dataset_id=dataset_id))
 
@@ -343,13 +374,15 @@ def _sse(event: str, data: Any) -> bytes:
 async def _event_stream(job_id: str, tenant: str, names: list[str] | None,
                         since_step: int | None) -> AsyncIterator[bytes]:
     """Polls the database (the one place every worker writes to) and forwards what is new."""
-    cursor = since_step
+    after_id = 0
     last_status: tuple[Any, ...] | None = None
 
     def poll() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        with session_scope() as session:
+        nonlocal after_id
+        with session_scope(read_only=True) as session:
             job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
-            points = metrics.read_points(session, job_id=job_id, names=names, since_step=cursor, max_points=None)
+            points, after_id = metrics.read_new_points(session, job_id=job_id, names=names, since_step=since_step,
+                                                        after_id=after_id)
             status = {"status": job.status, "progress": jobs.job_progress(job).model_dump(), "error": job.error}
             return [p.model_dump(mode="json") for p in points], status
 
@@ -360,7 +393,6 @@ async def _event_stream(job_id: str, tenant: str, names: list[str] | None,
             yield _sse("error", {"detail": str(exc)})
             return
         if points:
-            cursor = max(p["step"] for p in points)
             yield _sse("points", points)
         key = (status["status"], status["progress"]["step"])
         if key != last_status:
@@ -372,6 +404,5 @@ async def _event_stream(job_id: str, tenant: str, names: list[str] | None,
         if not points:
             yield b": keep-alive\n\n"
         await asyncio.sleep(STREAM_POLL_SECONDS)
-
 
 app = create_app()

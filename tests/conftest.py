@@ -163,8 +163,8 @@ def redis_url() -> str:
     import redis
 
     _require("Redis at " + REDIS_URL, lambda: redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping())
-    # A database of our own, emptied, so no other run's tasks reach our worker.
-    db = 11
+    # A database of our own (one per xdist worker), emptied, so no other run's tasks reach our worker.
+    db = 3 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     redis.Redis.from_url(f"{REDIS_URL}/{db}").flushdb()
     return f"{REDIS_URL}/{db}"
 
