@@ -23,7 +23,7 @@ browser:
 	bash scripts/install-browser.sh
 
 test: $(STAMP) browser
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -ra -m "not postgres" --deselect tests/test_dashboard.py

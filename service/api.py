@@ -334,7 +334,7 @@ def register_routes(app: FastAPI) -> None:
             "Content-Disposition": f'attachment; filename="{job.id}-step{row.step}.safetensors"',
             "X-Checkpoint-Id": row.id, "X-Checkpoint-SHA256": row.weights_sha256})
 
-    @app.post("/predict", response_model=PredictResponse, tags=["predict"], responses=error_responses(400, 404, 409, 413))
+    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, tags=["predict"], responses=error_responses(400, 404, 409, 413))
     def post_predict(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep, request: Request,
                      body: PredictRequest, response: Response) -> PredictResponse:
         result, hit = predict(session, tenant=tenant, request=body, cache=request.app.state.model_cache,

@@ -18,6 +18,7 @@ from service.settings import Settings, get_settings
 log = logging.getLogger("trainserve.server")
 
 RESTART_BACKOFF_SECONDS = (1, 2, 5, 10, 30)
+HEALTHY_RUN_SECONDS = 60
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -103,6 +104,7 @@ class Supervisor:
         self.api: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.worker_restarts = 0
+        self.worker_started = 0.0
 
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
         # Each child leads its own process group, so a stop reaches everything it started.
@@ -113,6 +115,7 @@ class Supervisor:
 
     def start_worker(self) -> None:
         self.worker = self._spawn("worker")
+        self.worker_started = time.monotonic()
         self._write_pid("worker", self.worker)
 
     def run(self) -> int:
@@ -131,6 +134,8 @@ class Supervisor:
                 code = 1
                 break
             if self.worker is not None and self.worker.poll() is not None and not self.stopping:
+                if time.monotonic() - self.worker_started > HEALTHY_RUN_SECONDS:
+                    self.worker_restarts = 0  # a worker that ran a while was healthy: start the backoff afresh
                 delay = RESTART_BACKOFF_SECONDS[min(self.worker_restarts, len(RESTART_BACKOFF_SECONDS) - 1)]
                 log.warning("worker.died code=%s; restarting in %ss", self.worker.returncode, delay)
                 self.worker_restarts += 1

@@ -216,9 +216,13 @@ def job_progress(job: Job) -> Progress:
 def job_read(session: Session, job: Job, *, full: bool = True) -> JobRead:
     best: BestCheckpoint | None = None
     if job.best_checkpoint_id:
-        ckpt = session.get(Checkpoint, job.best_checkpoint_id)
-        if ckpt is not None:
-            best = BestCheckpoint(checkpoint_id=ckpt.id, metric=ckpt.metric, value=ckpt.value, step=ckpt.step)
+        # Only the columns the answer needs: the blobs stay in the database.
+        row = session.execute(
+            select(Checkpoint.id, Checkpoint.metric, Checkpoint.value, Checkpoint.step)
+            .where(Checkpoint.id == job.best_checkpoint_id)
+        ).first()
+        if row is not None:
+            best = BestCheckpoint(checkpoint_id=row.id, metric=row.metric, value=row.value, step=row.step)
     return JobRead(
         id=job.id,
         name=job.name,

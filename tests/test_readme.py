@@ -50,11 +50,11 @@ def test_make_run_serves_and_the_readme_curl_steps_work(tmp_path: Path) -> None:
                                 capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, result.stderr + result.stdout
         out = result.stdout
-        report = json.loads(out.splitlines()[0])
+        report, _ = json.JSONDecoder().raw_decode(out)  # curl prints no newline after a JSON body
         assert report["ok"] is True and report["total_params"] == 4225
         assert 'event: end' in out and '"status":"succeeded"' in out
         assert "name,step,epoch,value,time" in out
-        predictions = json.loads(out.strip().splitlines()[-1])
+        predictions, _ = json.JSONDecoder().raw_decode(out[out.rindex('{"job_id"'):])
         assert len(predictions["predictions"]) == 1 and len(predictions["predictions"][0]) == 1
         assert (tmp_path / "seed.safetensors").stat().st_size > 4225 * 4
     finally:

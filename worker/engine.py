@@ -465,7 +465,7 @@ def _available_metric(name: str, available: set[str], what: str) -> str:
 
 # Below this much work per optimizer step (about 6 x parameters x batch FLOPs), a second CPU thread costs more in
 # synchronisation than it saves; above it PyTorch's default thread count is kept.
-SINGLE_THREAD_MAX_FLOPS_PER_STEP = 2e8
+SINGLE_THREAD_MAX_FLOPS_PER_STEP = 5e7
 
 
 def cpu_threads_for(model: nn.Module, batch_size: int) -> int:
