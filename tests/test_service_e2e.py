@@ -18,33 +18,20 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn, optim
 
 from service.nets import build_model
 from service.spec import SEED_EXAMPLE, JobSpec
 from tests.conftest import LiveServer
+from tests.test_engine import hand_written_losses
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def seed_reference_losses(steps: int = 100, seed: int = 0) -> list[float]:
+def seed_reference_losses(seed: int = 0) -> list[float]:
     """The seed article's hand-written loop, on the data `synthetic/randn` documents."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(128, 32, generator=g)
-    y = torch.randn(128, 1, generator=g)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
-    criterion = nn.MSELoss()
-    optimizer = optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(steps):
-        pred = model(x)
-        loss = criterion(pred, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+    x, y = torch.randn(128, 32, generator=g), torch.randn(128, 1, generator=g)
+    return hand_written_losses(x, y)[0]
 
 
 def submit(client: httpx.Client, spec: dict[str, Any], **headers: str) -> dict[str, Any]:
