@@ -162,11 +162,21 @@ class BodySizeLimit:
 # --- the reaper ---------------------------------------------------------------------------------------
 
 
+def send_job(job_id: str, *, queue: str) -> bool:
+    """Hand the job to the broker and record that it got there; False (and the job stays unsent) if it is down."""
+    try:
+        enqueue_training(job_id, queue=queue)
+    except Exception as exc:  # the broker is down: the reaper sends it again once it is back
+        log.warning("job.enqueue_failed job_id=%s error=%s", job_id, exc)
+        return False
+    with_retry(lambda s: jobs.mark_enqueued(s, job_id=job_id))
+    return True
+
+
 def reap_once(settings: Settings) -> int:
     requeue = with_retry(lambda s: jobs.reap_expired_leases(s, settings=settings))
-    for job_id, queue in requeue:
-        enqueue_training(job_id, queue=queue)
-    return len(requeue)
+    requeue += with_retry(jobs.unsent_jobs)
+    return sum(send_job(job_id, queue=queue) for job_id, queue in requeue)
 
 
 async def _reaper_loop(settings: Settings) -> None:
@@ -246,7 +256,7 @@ def register_routes(app: FastAPI) -> None:
                                        settings=settings)
         session.commit()  # enqueue after commit, so no worker can see an uncommitted job
         if created:
-            enqueue_training(job.id, queue=job.queue)
+            send_job(job.id, queue=job.queue)  # if the broker is down the job is kept and sent later
         else:
             response.status_code = 200
         return jobs.job_read(session, job)

@@ -261,14 +261,26 @@ def reap_expired_leases(session: Session, *, settings: Settings) -> list[tuple[s
             job.error = (f"the worker running this job was lost {job.attempts} times "
                          f"(TRAINSERVE_MAX_ATTEMPTS={settings.max_attempts}); last lease owner {job.lease_owner}")
         else:
-            job.status, job.lease_owner = "queued", None
+            job.status, job.lease_owner, job.enqueued_at = "queued", None, None
             requeue.append((job.id, job.queue))
         log.warning("job.lease_expired job_id=%s attempts=%d now=%s", job.id, job.attempts, job.status)
     return requeue
 
 
-def release_lease(session: Session, *, job_id: str, owner: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(lease_owner=None))
+ENQUEUE_GRACE_SECONDS = 5
+
+
+def unsent_jobs(session: Session) -> list[tuple[str, str]]:
+    """Queued jobs the broker never accepted (it was down at submit time): (job_id, queue) pairs to send again."""
+    cutoff = utcnow() - timedelta(seconds=ENQUEUE_GRACE_SECONDS)
+    rows = session.execute(
+        select(Job.id, Job.queue).where(Job.status == "queued", Job.enqueued_at.is_(None), Job.created_at < cutoff)
+    ).all()
+    return [(row.id, row.queue) for row in rows]
+
+
+def mark_enqueued(session: Session, *, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
 
 
 __all__ = [

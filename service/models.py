@@ -66,6 +66,8 @@ class Job(Base):
     data_info: Mapped[dict[str, Any]]
     queue: Mapped[str] = mapped_column(String(16), default="cpu")
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # Set once the broker has accepted the job's task; the reaper re-sends queued jobs that never got there.
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
