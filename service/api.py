@@ -174,9 +174,10 @@ def send_job(job_id: str, *, queue: str) -> bool:
 
 
 def reap_once(settings: Settings) -> int:
-    requeue = with_retry(lambda s: jobs.reap_expired_leases(s, settings=settings))
-    requeue += with_retry(jobs.unsent_jobs)
-    return sum(send_job(job_id, queue=queue) for job_id, queue in requeue)
+    # A job just put back by the lease check is also "unsent" until send_job marks it: send it once.
+    to_send = dict(with_retry(lambda s: jobs.reap_expired_leases(s, settings=settings)))
+    to_send.update(with_retry(jobs.unsent_jobs))
+    return sum(send_job(job_id, queue=queue) for job_id, queue in to_send.items())
 
 
 async def _reaper_loop(settings: Settings) -> None:
