@@ -121,7 +121,8 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSe
     stop_server(server.proc)
 
 
-def _require(what: str, check: Any) -> None:
+def require_service(what: str, check: Any) -> None:
+    """Fail under CI=true, skip elsewhere, when a server the test needs does not answer."""
     try:
         check()
     except Exception as exc:
@@ -152,7 +153,7 @@ def drop_pg_database(url: str) -> None:
 def pg_url() -> Iterator[str]:
     import psycopg
 
-    _require("PostgreSQL at " + PG_ADMIN_URL, lambda: psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close())
+    require_service("PostgreSQL at " + PG_ADMIN_URL, lambda: psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close())
     url = create_pg_database()
     yield url
     drop_pg_database(url)
@@ -162,7 +163,7 @@ def pg_url() -> Iterator[str]:
 def redis_url() -> str:
     import redis
 
-    _require("Redis at " + REDIS_URL, lambda: redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping())
+    require_service("Redis at " + REDIS_URL, lambda: redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping())
     # A database of our own (one per xdist worker), emptied, so no other run's tasks reach our worker.
     db = 3 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     redis.Redis.from_url(f"{REDIS_URL}/{db}").flushdb()

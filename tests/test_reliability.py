@@ -25,7 +25,6 @@ from safetensors.torch import load as load_safetensors
 from service.queue import TRAIN_JOB, make_celery
 from service.settings import Settings
 from tests.conftest import (
-    IN_CI,
     PG_ADMIN_URL,
     REDIS_URL,
     ROOT,
@@ -33,6 +32,7 @@ from tests.conftest import (
     create_pg_database,
     drop_pg_database,
     free_port,
+    require_service,
     start_server,
     stop_server,
 )
@@ -174,13 +174,8 @@ def _require_pg_and_redis() -> None:
     import psycopg
     import redis
 
-    try:
-        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
-        redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping()
-    except (psycopg.Error, redis.RedisError, OSError) as exc:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL/Redis not reachable ({exc}); under CI=true the PostgreSQL/Redis tests must run")
-        pytest.skip(f"PostgreSQL/Redis not reachable ({exc}); set CI=true to make this a failure")
+    require_service("PostgreSQL at " + PG_ADMIN_URL, lambda: psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close())
+    require_service("Redis at " + REDIS_URL, lambda: redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping())
 
 
 # --- servers with short leases, one per stack -----------------------------------------------------------
