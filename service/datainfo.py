@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from service.located import LocatedError
 from service.spec import (
     CLASSIFICATION_LOSSES,
     BuiltinData,
@@ -55,13 +56,8 @@ class DataInfo:
         )
 
 
-class DataSpecError(ValueError):
+class DataSpecError(LocatedError):
     """A problem with the spec's data, located by JSON path (``data.x[3]``, ``data.input_shape``)."""
-
-    def __init__(self, loc: str, msg: str) -> None:
-        super().__init__(f"{loc}: {msg}")
-        self.loc = loc
-        self.msg = msg
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
+from service.located import LocatedError
+
 log = logging.getLogger(__name__)
 
 ColumnDtype = Literal["float64", "int64", "bool", "category"]
@@ -34,13 +36,8 @@ _PARQUET_MAGIC = b"PAR1"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-class TableError(ValueError):
+class TableError(LocatedError):
     """An upload that cannot become a table; ``loc`` says where ("file", "target", "file: line 7")."""
-
-    def __init__(self, loc: str, msg: str) -> None:
-        super().__init__(f"{loc}: {msg}")
-        self.loc = loc
-        self.msg = msg
 
 
 @dataclass(frozen=True)
