@@ -1,32 +1,55 @@
-# trainserve image: the API and the workers run from the same image with different commands.
-#   docker build -t trainserve .                                  # PyTorch as PyPI serves it (CUDA-enabled on Linux)
-#   docker build --build-arg TORCH_INDEX_URL=<PyTorch CPU wheel index> -t trainserve:cpu .   # a much smaller CPU image
-FROM python:3.11-slim
+# syntax=docker/dockerfile:1
+# trainserve: one image runs the API and the workers (different commands). Two flavours of PyTorch:
+#   docker build -t trainserve:cpu .                                  # CPU-only torch: the small image (default)
+#   docker build --build-arg TORCH_FLAVOR=cuda -t trainserve:cuda .   # CUDA torch for GPU workers
+# The CUDA wheels bring their own CUDA runtime; the host needs only the NVIDIA driver and container toolkit.
+ARG PYTHON_VERSION=3.11
+ARG TORCH_FLAVOR=cpu
 
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=""
+FROM python:${PYTHON_VERSION}-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /app
-# torch first, in its own layer: it is by far the largest and changes least often.
-RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX_URL"; \
-    else pip install "torch==${TORCH_VERSION}"; fi
+# --- build stages: a virtual environment with torch, then the app, copied whole into the runtime -----------
+FROM base AS torch-cpu
+ARG TORCH_VERSION=2.13.0
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
 
-COPY pyproject.toml README.md alembic.ini ./
+FROM base AS torch-cuda
+ARG TORCH_VERSION=2.13.0
+# PyPI's Linux wheels are the CUDA builds.
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install "torch==${TORCH_VERSION}"
+
+FROM torch-${TORCH_FLAVOR} AS build
+WORKDIR /src
+# Dependencies first (they change less often than the code), then the package itself without them.
+COPY pyproject.toml README.md ./
+RUN mkdir -p service worker migrations && touch service/__init__.py worker/__init__.py migrations/__init__.py \
+ && /opt/venv/bin/pip install . && /opt/venv/bin/pip uninstall -y trainserve-server
 COPY service ./service
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install .
+RUN /opt/venv/bin/pip install --no-deps . \
+ && find /opt/venv -name "__pycache__" -type d -prune -exec rm -rf {} +
 
+# --- runtime: no compilers, no build files, a non-root user ------------------------------------------------
+FROM base AS runtime
 RUN useradd --create-home --uid 10001 trainserve
-USER trainserve
-ENV TRAINSERVE_HOME=/home/trainserve/.trainserve \
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    TRAINSERVE_HOME=/home/trainserve/.trainserve \
     TRAINSERVE_HOST=0.0.0.0 \
-    TRAINSERVE_PORT=8000
-EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)" || exit 1
+    TRAINSERVE_PORT=8000 \
+    TRAINSERVE_WORKER_METRICS_PORT=9101 \
+    TRAINSERVE_LOG_FORMAT=json
+USER trainserve
+WORKDIR /home/trainserve
+# 8000: the API (and its /metrics); 9101: a worker's /metrics.
+EXPOSE 8000 9101
+# The API's check; compose gives workers `trainserve-server healthcheck --worker` instead.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 CMD ["trainserve-server", "healthcheck"]
 CMD ["trainserve-server", "api"]

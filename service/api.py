@@ -14,16 +14,18 @@ import anyio
 from fastapi import Body, Depends, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import checkpoints, datasets, jobs, metrics
+from service import checkpoints, datasets, jobs, metrics, workers
 from service.auth import authenticate
 from service.db import get_read_sessionmaker, get_sessionmaker, session_scope, with_retry
 from service.errors import PayloadTooLarge, error_body, install_error_handlers
 from service.models import FINISHED_STATUSES
+from service.observability import RequestTelemetry, install_collector
 from service.predict import ModelCache, predict
 from service.queue import broker_ok, enqueue_training
 from service.schemas import (
@@ -39,6 +41,8 @@ from service.schemas import (
     PredictRequest,
     PredictResponse,
     ValidationReport,
+    WorkerList,
+    WorkerRead,
 )
 from service.settings import Settings, get_settings
 from service.spec import SEED_EXAMPLE, JobSpec
@@ -212,6 +216,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_cache = ModelCache(settings.model_cache_size)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(RequestTelemetry)  # outermost: counts and times every answer, 413s included
+    install_collector(settings)
     register_routes(app)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -232,6 +238,21 @@ def register_routes(app: FastAPI) -> None:
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["health"])
     def healthz() -> Health:
         return Health(status="ok")
+
+    @app.get("/metrics", include_in_schema=False, response_model=None)
+    def prometheus_metrics() -> Response:
+        # Public like /healthz: aggregate counts only, no tenant's data; scraped by Prometheus.
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/workers", response_model=WorkerList, tags=["health"], responses=error_responses())
+    def list_workers(session: SessionDep, _tenant: CurrentTenant, settings: SettingsDep) -> WorkerList:
+        """Live workers: their queues, device and how many jobs each is training."""
+        running = workers.running_jobs_by_worker(session)
+        return WorkerList(items=[
+            WorkerRead(name=w.name, hostname=w.hostname, queues=list(w.queues), device=w.device,
+                       concurrency=w.concurrency, started_at=w.started_at, last_seen_at=w.last_seen_at,
+                       running_jobs=len(running.get(w.name, [])))
+            for w in workers.live_workers(session, settings=settings)])
 
     @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
     def readyz(response: Response) -> Health:
@@ -257,7 +278,8 @@ def register_routes(app: FastAPI) -> None:
                                        settings=settings)
         session.commit()  # enqueue after commit, so no worker can see an uncommitted job
         if created:
-            send_job(job.id, queue=job.queue)  # if the broker is down the job is kept and sent later
+            if send_job(job.id, queue=job.queue):  # if the broker is down the job is kept and sent later
+                session.refresh(job)  # the answer shows it handed to the broker (its waiting reason says so)
         else:
             response.status_code = 200
         return jobs.job_read(session, job)
@@ -278,7 +300,7 @@ def register_routes(app: FastAPI) -> None:
         cursor: Annotated[str | None, Query(max_length=500)] = None,
     ) -> JobPage:
         return jobs.list_jobs(session, tenant=tenant, status=status, limit=min(limit, settings.max_page_size),
-                              cursor=cursor)
+                              cursor=cursor, settings=settings)
 
     @app.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"], responses=error_responses(404))
     def get_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobRead:

@@ -1,4 +1,4 @@
-"""`trainserve-server`: up (the embedded default), api, worker, migrate, keys create/revoke."""
+"""`trainserve-server`: up (the embedded default), api, worker, migrate, healthcheck, keys create/revoke."""
 
 from __future__ import annotations
 
@@ -13,17 +13,13 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from service.logs import setup_logging
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("trainserve.server")
 
 RESTART_BACKOFF_SECONDS = (1, 2, 5, 10, 30)
 HEALTHY_RUN_SECONDS = 60
-
-
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def cmd_migrate(settings: Settings) -> int:
@@ -80,19 +76,62 @@ def ensure_default_key(settings: Settings) -> Path:
 def cmd_api(settings: Settings) -> int:
     import uvicorn
 
-    uvicorn.run("service.api:app", host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    # log_config=None: uvicorn's loggers go through ours (text or JSON); the API logs each request itself.
+    uvicorn.run("service.api:app", host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                log_config=None, access_log=False)
     return 0
 
 
 def cmd_worker(settings: Settings, *, queues: str | None, concurrency: int | None) -> int:
-    from worker.celery_app import app
+    from service.queue import QUEUES
 
     n = concurrency or settings.worker_concurrency
-    argv = ["worker", "--queues", queues or settings.worker_queues, "--concurrency", str(n),
+    names = [q.strip() for q in (queues or settings.worker_queues).split(",") if q.strip()]
+    if names == ["auto"]:
+        names = ["gpu", "cpu"] if _cuda_available() else ["cpu"]
+    unknown = sorted(set(names) - set(QUEUES))
+    if not names or unknown:
+        print(f"unknown queue(s) {', '.join(unknown) or '(none given)'}; the queues are {', '.join(QUEUES)}",
+              file=sys.stderr)
+        return 2
+    if "gpu" in names and not _cuda_available():
+        # A CUDA job taken here could only fail; leaving it queued (with a reason the API shows) is better.
+        print("this host has no usable CUDA device: a worker on the 'gpu' queue needs one "
+              "(start CPU workers with --queues cpu)", file=sys.stderr)
+        return 2
+    if n > 1:
+        # Several training processes: their Prometheus series are summed through files in this folder.
+        folder = settings.home / f"prometheus-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    from worker.celery_app import WORKER_OPTIONS, app
+
+    WORKER_OPTIONS.update(queues=names, concurrency=n)
+    argv = ["worker", "--queues", ",".join(names), "--concurrency", str(n),
             "--pool", "solo" if n == 1 else "prefork", "--loglevel", settings.log_level.upper(),
             "--hostname", f"trainserve-{os.getpid()}@{socket.gethostname()}", "--without-gossip", "--without-mingle"]
     app.worker_main(argv)
     return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def cmd_healthcheck(settings: Settings, *, worker: bool) -> int:
+    """For container health checks: the API answers /healthz, or a worker's metrics endpoint answers."""
+    import urllib.request
+
+    port = settings.worker_metrics_port if worker else settings.port
+    url = f"http://127.0.0.1:{port}/metrics" if worker else f"http://127.0.0.1:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            return 0 if answer.status == 200 else 1
+    except OSError as exc:
+        print(f"unhealthy: {url}: {exc}", file=sys.stderr)
+        return 1
 
 
 class Supervisor:
@@ -178,9 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="migrate, create the default key, run the API and a worker (embedded default)")
     sub.add_parser("api", help="run the HTTP API (uvicorn)")
     worker = sub.add_parser("worker", help="run a Celery training worker")
-    worker.add_argument("--queues", help="comma-separated queues (default TRAINSERVE_WORKER_QUEUES, 'cpu')")
+    worker.add_argument("--queues", help="comma-separated queues: cpu, gpu, or auto (gpu and cpu where CUDA works, "
+                                         "else cpu); default TRAINSERVE_WORKER_QUEUES, auto")
     worker.add_argument("--concurrency", type=int, help="jobs trained at once by this worker")
     sub.add_parser("migrate", help="migrate the database to the latest schema")
+    health = sub.add_parser("healthcheck", help="exit 0 if the API (or, with --worker, this host's worker) answers")
+    health.add_argument("--worker", action="store_true", help="check the worker's metrics port instead of the API")
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key for a tenant; prints only the key")
@@ -193,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    _setup_logging(settings)
+    setup_logging(settings)
     if args.command == "up":
         return cmd_up(settings)
     if args.command == "api":
@@ -202,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_worker(settings, queues=args.queues, concurrency=args.concurrency)
     if args.command == "migrate":
         return cmd_migrate(settings)
+    if args.command == "healthcheck":
+        return cmd_healthcheck(settings, worker=args.worker)
     return cmd_keys(args)
 
 

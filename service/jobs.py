@@ -20,9 +20,10 @@ from service.models import FINISHED_STATUSES, Checkpoint, Job, utcnow
 from service.nets import Issue, Limits, SpecReport, check_spec
 from service.queue import queue_for_device
 from service.schemas import BestCheckpoint, JobPage, JobRead, Progress
-from service.settings import Settings
+from service.settings import Settings, get_settings
 from service.spec import JobSpec
 from service.tabular import DatasetDescription
+from service.workers import QueueView
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise SpecError("invalid cursor", [{"loc": "cursor", "msg": "not a cursor this API returned"}]) from exc
 
 
-def list_jobs(session: Session, *, tenant: str, status: str | None, limit: int, cursor: str | None) -> JobPage:
+def list_jobs(session: Session, *, tenant: str, status: str | None, limit: int, cursor: str | None,
+              settings: Settings) -> JobPage:
     query = select(Job).where(Job.tenant == tenant)
     if status:
         query = query.where(Job.status == status)
@@ -170,7 +172,9 @@ def list_jobs(session: Session, *, tenant: str, status: str | None, limit: int, 
         query = query.where((Job.created_at < created) | ((Job.created_at == created) & (Job.id < job_id)))
     rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     next_cursor = _encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    return JobPage(items=[job_read(session, job, full=False) for job in rows[:limit]], next_cursor=next_cursor)
+    page = rows[:limit]
+    view = QueueView.read(session, settings=settings) if any(job.status == "queued" for job in page) else None
+    return JobPage(items=[job_read(session, job, full=False, view=view) for job in page], next_cursor=next_cursor)
 
 
 def cancel_job(session: Session, *, tenant: str, job_id: str) -> Job:
@@ -213,7 +217,8 @@ def job_progress(job: Job) -> Progress:
                     fraction=round(fraction, 4), eta_seconds=eta)
 
 
-def job_read(session: Session, job: Job, *, full: bool = True) -> JobRead:
+def job_read(session: Session, job: Job, *, full: bool = True, view: QueueView | None = None) -> JobRead:
+    """The job as the API shows it; a queued job also says what it waits for (one extra read, or `view`'s)."""
     best: BestCheckpoint | None = None
     if job.best_checkpoint_id:
         # Only the columns the answer needs: the blobs stay in the database.
@@ -234,6 +239,8 @@ def job_read(session: Session, job: Job, *, full: bool = True) -> JobRead:
         error=job.error,
         cancel_requested=job.cancel_requested,
         device=str(job.spec.get("training", {}).get("device", "auto")),
+        queue=job.queue,
+        waiting_reason=_waiting_reason(session, job, view),
         progress=job_progress(job),
         best=best,
         latest_checkpoint_id=job.latest_checkpoint_id,
@@ -241,6 +248,12 @@ def job_read(session: Session, job: Job, *, full: bool = True) -> JobRead:
         spec=job.spec if full else None,
         report=job.report if full else None,
     )
+
+
+def _waiting_reason(session: Session, job: Job, view: QueueView | None) -> str | None:
+    if job.status != "queued":
+        return None
+    return (view or QueueView.read(session, settings=get_settings())).waiting_reason(job)
 
 
 def reap_expired_leases(session: Session, *, settings: Settings) -> list[tuple[str, str]]:

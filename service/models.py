@@ -138,3 +138,17 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    """A training worker that is up (or was, until last_seen_at): what the API tells queued jobs and /workers."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)  # Celery's node name: trainserve-PID@HOST
+    hostname: Mapped[str] = mapped_column(String(255))
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    device: Mapped[str] = mapped_column(String(200))  # "cpu", or "cuda: <GPU name> x N"
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -7,6 +7,7 @@ import logging
 import math
 import struct
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from service.datainfo import DataInfo
 from service.errors import SpecError
 from service.jobs import get_job_or_raise
 from service.nets import build_model, task_kind
+from service.observability import MODEL_CACHE_HITS, MODEL_CACHE_MISSES, PREDICT_ROWS, PREDICT_SECONDS
 from service.schemas import PredictRequest, PredictResponse
 from service.spec import JobSpec
 
@@ -73,7 +75,8 @@ class ModelCache:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
-            return item
+        (MODEL_CACHE_HITS if item is not None else MODEL_CACHE_MISSES).inc()
+        return item
 
     def put(self, key: str, item: LoadedModel) -> None:
         with self._lock:
@@ -158,6 +161,7 @@ def run_model(loaded: LoadedModel, x: torch.Tensor) -> dict[str, Any]:
 def predict(session: Session, *, tenant: str, request: PredictRequest, cache: ModelCache,
             max_rows: int) -> tuple[PredictResponse, bool]:
     """Returns the response and whether the model came from the cache."""
+    started = time.perf_counter()
     job = get_job_or_raise(session, tenant=tenant, job_id=request.job_id)
     checkpoint_id = resolve_checkpoint_id(job, request.checkpoint)
     data = DataInfo.from_json(job.data_info)
@@ -171,4 +175,6 @@ def predict(session: Session, *, tenant: str, request: PredictRequest, cache: Mo
         cache.put(key, loaded)
         log.info("predict.model_loaded job_id=%s checkpoint_id=%s", job.id, checkpoint_id)
     result = run_model(loaded, x)
+    PREDICT_SECONDS.labels("hit" if hit else "miss").observe(time.perf_counter() - started)
+    PREDICT_ROWS.inc(x.shape[0])
     return PredictResponse(job_id=job.id, checkpoint_id=checkpoint_id, **result), hit

@@ -44,7 +44,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(folder / "processed"),
             "control_folder": str(folder / "control"),
             "store_processed": False,
-            "polling_interval": 0.2,
+            "polling_interval": 0.02,
         }
     elif settings.broker_url.startswith(("redis", "rediss")):
         # Redis redelivers an unacknowledged task after visibility_timeout: it must exceed the longest job a
@@ -67,6 +67,24 @@ def get_producer() -> Celery:
 def enqueue_training(job_id: str, *, queue: str) -> None:
     get_producer().send_task(TRAIN_JOB, args=[job_id], queue=queue)
     log.info("job.enqueued job_id=%s queue=%s", job_id, queue)
+
+
+def broker_queue_sizes() -> dict[str, int] | None:
+    """Task messages waiting in the broker per queue (not counting ones a worker has taken); None if it is down."""
+    sizes: dict[str, int] = {}
+    try:
+        with get_producer().connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            channel = conn.default_channel
+            for queue in QUEUES:
+                try:
+                    sizes[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                except Exception:  # never declared (nothing ever sent to it): an empty queue
+                    sizes[queue] = 0
+    except Exception as exc:
+        log.warning("broker.unavailable error=%s", exc)
+        return None
+    return sizes
 
 
 def broker_ok() -> bool:

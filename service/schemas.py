@@ -50,6 +50,9 @@ class JobRead(ReadModel):
     error: str | None
     cancel_requested: bool
     device: str
+    queue: str
+    # Only while queued: why it has not started (no live worker on its queue, all busy, broker not reached).
+    waiting_reason: str | None = None
     progress: Progress
     best: BestCheckpoint | None
     latest_checkpoint_id: str | None
@@ -175,3 +178,18 @@ class Health(BaseModel):
     status: str
     database: str | None = None
     broker: str | None = None
+
+
+class WorkerRead(ReadModel):
+    name: str
+    hostname: str
+    queues: list[str]
+    device: str
+    concurrency: int
+    started_at: datetime
+    last_seen_at: datetime
+    running_jobs: int
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerRead]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,9 +41,15 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = 10.0
 
     model_cache_size: int = 16
-    worker_queues: str = "cpu"
+    # Queues a worker consumes: "auto" is gpu and cpu where CUDA works, else cpu only. CPU hosts never take gpu.
+    worker_queues: str = "auto"
     worker_concurrency: int = 1
+    # Each worker serves its Prometheus series here (http://HOST:PORT/metrics); 0 turns that off. A second
+    # worker on the same host needs its own port, or it runs without one (it logs a warning and goes on).
+    worker_metrics_port: int = 9101
     log_level: str = "INFO"
+    # "text" for people, "json" for log pipelines: one object per line, with job_id / request_id fields.
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

@@ -14,7 +14,7 @@ from service.migrate import migrate_to_head
 from service.models import Base
 from tests.conftest import create_pg_database, drop_pg_database
 
-TABLES = {"jobs", "metric_points", "checkpoints", "datasets", "api_keys", "alembic_version"}
+TABLES = {"jobs", "metric_points", "checkpoints", "datasets", "api_keys", "workers", "alembic_version"}
 
 
 def assert_matches_models(url: str) -> None:

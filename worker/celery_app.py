@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from celery.signals import worker_init
+import socket
+from typing import Any
+
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from service.queue import make_celery
 from service.settings import get_settings
 
 app = make_celery(get_settings(), "trainserve-worker")
 app.conf.include = ["worker.tasks"]
+
+# Set by `trainserve-server worker` before the worker starts: what this worker announces in the registry.
+WORKER_OPTIONS: dict[str, Any] = {"queues": ["cpu"], "concurrency": 1}
+_registration: Any = None
 
 
 @worker_init.connect
@@ -18,3 +25,23 @@ def _warm_up(**_: object) -> None:
     import torch
 
     torch.optim.Adam(torch.nn.Linear(1, 1).parameters())
+
+
+@worker_ready.connect
+def _announce(sender: Any = None, **_: object) -> None:
+    from worker.observability import Registration, serve_metrics
+
+    global _registration
+    settings = get_settings()
+    serve_metrics(settings.worker_metrics_port, host=settings.host)  # beside the API's address: local by default
+    name = str(getattr(sender, "hostname", None) or f"trainserve@{socket.gethostname()}")
+    _registration = Registration(name=name, hostname=socket.gethostname(), queues=list(WORKER_OPTIONS["queues"]),
+                                 concurrency=int(WORKER_OPTIONS["concurrency"]), settings=settings)
+    _registration.register()
+    _registration.start()
+
+
+@worker_shutdown.connect
+def _withdraw(**_: object) -> None:
+    if _registration is not None:
+        _registration.stop()

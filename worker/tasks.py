@@ -24,10 +24,13 @@ from service.models import FINISHED_STATUSES, Job, utcnow
 from service.nets import build_model
 from service.queue import TRAIN_JOB
 from service.settings import Settings, get_settings
+from service.logs import current_job_id
 from service.spec import JobSpec
 from service.tabular import Table
 from worker.celery_app import app
 from worker.data import load_data
+from worker.observability import BUSY, JOB_SECONDS, JOBS, SAMPLES_PER_SECOND, STEPS
+from service.workers import lease_owner
 from worker.engine import CheckpointBlob, Point, Progress, TrainingDiverged, fit, resolve_device
 
 log = logging.getLogger(__name__)
@@ -142,11 +145,15 @@ class Heartbeat(threading.Thread):
 class JobRecorder:
     """fit()'s callbacks: each writes in its own short transaction, and only while we hold the lease."""
 
-    def __init__(self, *, job_id: str, owner: str, spec: JobSpec) -> None:
+    def __init__(self, *, job_id: str, owner: str, spec: JobSpec, start_step: int = 0) -> None:
         self.job_id, self.owner, self.spec = job_id, owner, spec
+        self.last_step = start_step  # a resumed run's steps count from its checkpoint
 
     def points(self, points: list[Point]) -> None:
         rows = [asdict(p) for p in points]
+        for p in points:
+            if p.name == "samples_per_s":
+                SAMPLES_PER_SECOND.set(p.value)
 
         def write(session: Session) -> None:
             job = _owned_job(session, self.job_id, self.owner)
@@ -159,6 +166,9 @@ class JobRecorder:
         with_retry(write)
 
     def progress(self, progress: Progress) -> None:
+        STEPS.inc(max(0, progress.step - self.last_step))
+        self.last_step = progress.step
+
         def write(session: Session) -> None:
             job = _owned_job(session, self.job_id, self.owner)
             job.epoch, job.step = progress.epoch, progress.step
@@ -190,9 +200,25 @@ def _finish(job_id: str, owner: str, *, status: str, error: str | None = None) -
     log.info("job.%s job_id=%s", status, job_id)
 
 
-def run_training(job_id: str, *, settings: Settings) -> str | None:
+def run_training(job_id: str, *, settings: Settings, worker_name: str | None = None) -> str | None:
     """The whole life of one delivery of a job. Returns the final status, or None when it did not run."""
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    token = current_job_id.set(job_id)
+    started = time.monotonic()
+    BUSY.inc()
+    try:
+        status = _run_claimed(job_id, settings=settings, worker_name=worker_name or f"trainserve@{socket.gethostname()}")
+    finally:
+        BUSY.dec()
+        SAMPLES_PER_SECOND.set(0)
+        current_job_id.reset(token)
+    if status is not None:
+        JOBS.labels(status).inc()
+        JOB_SECONDS.observe(time.monotonic() - started)
+    return status
+
+
+def _run_claimed(job_id: str, *, settings: Settings, worker_name: str) -> str | None:
+    owner = lease_owner(worker_name, f"{os.getpid()}:{uuid.uuid4().hex[:8]}")
     claim = with_retry(lambda s: claim_job(s, job_id=job_id, owner=owner, settings=settings))
     if claim is None:
         return None
@@ -208,8 +234,8 @@ def run_training(job_id: str, *, settings: Settings) -> str | None:
 
         data = load_data(spec, dataset_loader=dataset_loader)
         model = build_model(spec, info.input_shape)
-        resume = _prepare_resume(job_id, owner)
-        recorder = JobRecorder(job_id=job_id, owner=owner, spec=spec)
+        resume, resume_step = _prepare_resume(job_id, owner)
+        recorder = JobRecorder(job_id=job_id, owner=owner, spec=spec, start_step=resume_step)
         result = fit(model, spec, data, device=resolve_device(spec.training.device),
                      on_points=recorder.points, on_checkpoint=recorder.checkpoint, on_progress=recorder.progress,
                      should_stop=heartbeat.stop_training.is_set, resume=resume)
@@ -239,21 +265,23 @@ def run_training(job_id: str, *, settings: Settings) -> str | None:
         heartbeat.close()
 
 
-def _prepare_resume(job_id: str, owner: str) -> tuple[bytes, bytes] | None:
-    def read(session: Session) -> tuple[bytes, bytes] | None:
+def _prepare_resume(job_id: str, owner: str) -> tuple[tuple[bytes, bytes] | None, int]:
+    """(weights, state) of the checkpoint to resume from, or None for a fresh start; and its step."""
+
+    def read(session: Session) -> tuple[tuple[bytes, bytes] | None, int]:
         job = _owned_job(session, job_id, owner)
         found = load_resume_state(session, job=job)
         # Everything after the checkpoint we resume from is recomputed: drop those points now.
         drop_points_after(session, job_id=job_id, step=found[0].step if found else 0)
         if found is None:
-            return None
+            return None, 0
         ckpt, weights, state = found
         log.info("job.resuming job_id=%s from_step=%d", job_id, ckpt.step)
-        return weights, state
+        return (weights, state), ckpt.step
 
     return with_retry(read)
 
 
-@app.task(name=TRAIN_JOB, acks_late=True, ignore_result=True)
-def train_job(job_id: str) -> str | None:
-    return run_training(job_id, settings=get_settings())
+@app.task(name=TRAIN_JOB, acks_late=True, ignore_result=True, bind=True)
+def train_job(self: Any, job_id: str) -> str | None:
+    return run_training(job_id, settings=get_settings(), worker_name=self.request.hostname)

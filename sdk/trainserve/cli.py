@@ -278,6 +278,8 @@ def jobs_show(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar=
     p = job.progress
     rows = [
         ("id", job.id), ("name", job.name or "-"), ("status", job.status), ("device", job.device or "-"),
+        ("queue", job.queue or "-"),
+        *([("waiting", job.waiting_reason)] if job.waiting_reason else []),
         ("progress", f"epoch {p.epoch}/{p.epochs or '?'} · step {p.step}/{p.total_steps or '?'} · {p.fraction:.0%}"),
         ("eta", f"{p.eta_seconds:.0f}s" if p.eta_seconds is not None else "-"),
         ("created", _fmt_time(job.created_at)), ("started", _fmt_time(job.started_at)),

@@ -78,6 +78,8 @@ class Job(_Answer):
     error: str | None = None
     cancel_requested: bool = False
     device: str | None = None
+    queue: str | None = None
+    waiting_reason: str | None = None  # only while queued: why it has not started yet
     progress: Progress = Field(default_factory=Progress)
     best: Best | None = None
     latest_checkpoint_id: str | None = None

@@ -1,0 +1,94 @@
+"""The worker registry: workers announce themselves and their queues; queued jobs say what they wait for.
+
+A worker upserts its row at start and every heartbeat, and deletes it when it stops. A row not seen for
+TRAINSERVE_LEASE_SECONDS belongs to a worker that died without saying so; it no longer counts as live.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from service.models import Job, Worker, utcnow
+from service.settings import Settings
+
+
+def lease_owner(worker_name: str, unique: str) -> str:
+    """Jobs name the worker holding their lease by this prefix, so /workers can tell who runs what."""
+    return f"{worker_name}/{unique}"[:100]
+
+
+def register_worker(session: Session, *, name: str, hostname: str, queues: list[str], device: str,
+                    concurrency: int) -> None:
+    now = utcnow()
+    row = session.get(Worker, name)
+    if row is None:
+        session.add(Worker(name=name, hostname=hostname, queues=queues, device=device, concurrency=concurrency,
+                           started_at=now, last_seen_at=now))
+    else:
+        row.hostname, row.queues, row.device, row.concurrency = hostname, queues, device, concurrency
+        row.started_at = row.last_seen_at = now
+
+
+def touch_worker(session: Session, *, name: str) -> bool:
+    """The worker's heartbeat; False when its row is gone (deleted by hand), so the caller registers again."""
+    result = session.execute(update(Worker).where(Worker.name == name).values(last_seen_at=utcnow()))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def deregister_worker(session: Session, *, name: str) -> None:
+    session.execute(delete(Worker).where(Worker.name == name))
+
+
+def live_workers(session: Session, *, settings: Settings) -> list[Worker]:
+    cutoff = utcnow() - timedelta(seconds=settings.lease_seconds)
+    return list(session.scalars(select(Worker).where(Worker.last_seen_at >= cutoff).order_by(Worker.name)))
+
+
+def running_jobs_by_worker(session: Session) -> dict[str, list[str]]:
+    rows = session.execute(select(Job.id, Job.lease_owner).where(Job.status == "running",
+                                                                 Job.lease_owner.is_not(None))).all()
+    out: dict[str, list[str]] = {}
+    for job_id, owner in rows:
+        if owner:
+            out.setdefault(owner.split("/", 1)[0], []).append(job_id)
+    return out
+
+
+@dataclass
+class QueueView:
+    """What a queued job's waiting reason needs, read once per request."""
+
+    workers_by_queue: Counter[str] = field(default_factory=Counter)
+    running_by_queue: Counter[str] = field(default_factory=Counter)
+    queued_by_queue: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def read(cls, session: Session, *, settings: Settings) -> QueueView:
+        view = cls()
+        for worker in live_workers(session, settings=settings):
+            view.workers_by_queue.update(set(worker.queues))
+        counts = session.execute(select(Job.queue, Job.status, func.count()).where(Job.status.in_(("queued", "running")))
+                                 .group_by(Job.queue, Job.status)).all()
+        for queue, status, n in counts:
+            (view.queued_by_queue if status == "queued" else view.running_by_queue)[queue] += n
+        return view
+
+    def waiting_reason(self, job: Job) -> str | None:
+        if job.status != "queued":
+            return None
+        queue = job.queue
+        if job.enqueued_at is None:
+            return "not yet handed to the broker (it may be unreachable); it is sent again automatically"
+        if not self.workers_by_queue[queue]:
+            hint = " on a host with a CUDA GPU" if queue == "gpu" else ""
+            return (f"no live worker consumes the '{queue}' queue; start one with "
+                    f"`trainserve-server worker --queues {queue}`{hint}")
+        workers, running, queued = self.workers_by_queue[queue], self.running_by_queue[queue], self.queued_by_queue[queue]
+        return (f"waiting for a free worker on the '{queue}' queue: {workers} live worker(s), "
+                f"{running} job(s) running there, {queued} queued")
+
