@@ -230,3 +230,19 @@ def test_a_refused_key_brings_the_key_form_back(dashboard: Dashboard) -> None:
     expect(page.get_by_test_id("key-form")).to_have_count(0)
     # The browser itself reports the refused request; nothing else may reach the console.
     assert [e for e in dashboard.console_errors if "401" not in e] == []
+
+
+def test_a_cuda_job_on_a_cpu_only_install_shows_why_it_waits(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    with dashboard.server.client() as client:
+        job_id = client.post("/jobs", json=seed_spec(device="cuda")).json()["id"]
+        try:
+            dashboard.open(f"#/jobs/{job_id}")
+            dashboard.log_in()
+            expect(page.get_by_test_id("job-status")).to_have_text("queued")
+            facts = page.get_by_test_id("job-facts")
+            expect(facts).to_contain_text("gpu")
+            expect(facts).to_contain_text("no live worker consumes the 'gpu' queue")
+        finally:
+            client.post(f"/jobs/{job_id}/cancel")
+    assert dashboard.console_errors == []

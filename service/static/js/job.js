@@ -193,6 +193,8 @@ export function renderJob(main, jobId) {
       ["Finished", formatTime(job.finished_at)],
       ["Duration", formatDuration(jobDuration(job))],
       ["Device", job.device || ""],
+      ["Queue", job.queue || ""],
+      ["Waiting", job.waiting_reason || ""],
       ["Attempts", String(job.attempts ?? "")],
       ["Best", formatBest(job.best)],
       ["Last metrics", lastMetrics],
