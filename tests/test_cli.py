@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,17 @@ def test_datasets_upload_names_the_target(tmp_path: Path, embedded_server: LiveS
     assert body["target"] == ["price"] and body["n_rows"] == 40
     listed = run_cli("datasets", "list", "--json", server=embedded_server)
     assert body["id"] in [d["id"] for d in json.loads(listed.stdout)]
+
+
+def test_workers_lists_the_live_worker_with_its_queue(embedded_server: LiveServer) -> None:
+    with embedded_server.client() as http:  # the worker registers once it has started, a few seconds after the API
+        deadline = time.monotonic() + 90
+        while not http.get("/workers").json()["items"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+    listed = run_cli("workers", "--json", server=embedded_server)
+    assert listed.returncode == EXIT_OK, listed.stderr
+    workers = json.loads(listed.stdout)
+    assert len(workers) == 1  # `up` runs one worker; on this CPU-only machine it consumes the cpu queue only
+    assert workers[0]["queues"] == ["cpu"] and workers[0]["device"] == "cpu"
+    table = run_cli("workers", server=embedded_server)
+    assert workers[0]["name"] in table.stdout

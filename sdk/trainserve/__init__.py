@@ -35,6 +35,7 @@ from trainserve.models import (
     Problem,
     Progress,
     Report,
+    WorkerInfo,
 )
 from trainserve.spec import (
     ELU,
@@ -105,6 +106,6 @@ __all__ = [
     "NLLLoss", "NotFound", "OneCycleLR", "PReLU", "PayloadTooLarge", "Prediction", "Problem", "Progress",
     "RMSprop", "RateLimited", "ReLU", "ReduceLROnPlateau", "Report", "ServerError", "ServiceUnavailable",
     "SiLU", "Sigmoid", "SmoothL1Loss", "Softmax", "Spec", "SpecPart", "StepLR", "Synthetic", "SyntheticData",
-    "Tanh", "Training", "TrainserveError", "ValidationError", "WaitTimeout", "resolve_api_key", "resolve_url",
+    "Tanh", "Training", "TrainserveError", "ValidationError", "WaitTimeout", "WorkerInfo", "resolve_api_key", "resolve_url",
     "spec_to_body",
 ]

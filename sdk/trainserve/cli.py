@@ -387,6 +387,24 @@ def read_inputs(path: Path) -> list[Any]:
 
 
 @app.command()
+def workers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The live training workers: queues, device, running jobs."""
+    with _errors_to_exit():
+        found = _state(ctx).client().workers()
+    if as_json:
+        _print_json(found)
+        return
+    table = Table()
+    for column in ("name", "queues", "device", "running", "last seen"):
+        table.add_column(column)
+    for w in found:
+        table.add_row(w.name, ",".join(w.queues), w.device, f"{w.running_jobs}/{w.concurrency}", _fmt_time(w.last_seen_at))
+    out.print(table)
+    if not found:
+        out.print("no live worker: queued jobs wait until one starts (`trainserve-server worker`)")
+
+
+@app.command()
 def predict(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(metavar="JOB")],

@@ -20,7 +20,7 @@ import httpx
 
 from trainserve._http import Transport
 from trainserve.errors import TrainserveError, WaitTimeout
-from trainserve.models import Checkpoint, Dataset, Job, MetricPoint, Metrics, Prediction, Report
+from trainserve.models import Checkpoint, Dataset, Job, MetricPoint, Metrics, Prediction, Report, WorkerInfo
 from trainserve.progress import JobProgress
 from trainserve.spec import to_jsonable
 
@@ -406,6 +406,11 @@ class Client:
         # A prediction changes nothing on the server, so it is as safe to retry as a GET.
         response = self._transport.request("POST", "/predict", json=body, idempotent=True)
         return Prediction.model_validate(response.json())
+
+    def workers(self) -> builtins.list[WorkerInfo]:
+        """The live training workers: their queues, device and how many jobs each is training."""
+        items = self._transport.request("GET", "/workers").json()["items"]
+        return [WorkerInfo.model_validate(item) for item in items]
 
     def health(self) -> dict[str, Any]:
         body: dict[str, Any] = self._transport.request("GET", "/healthz").json()

@@ -140,6 +140,19 @@ class Dataset(_Answer):
     created_at: datetime | None = None
 
 
+class WorkerInfo(_Answer):
+    """A live training worker, as GET /workers lists it."""
+
+    name: str
+    hostname: str
+    queues: list[str]
+    device: str
+    concurrency: int = 1
+    started_at: datetime | None = None
+    last_seen_at: datetime | None = None
+    running_jobs: int = 0
+
+
 class Prediction(_Answer):
     """``POST /predict``: ``predictions`` are rows of values (regressors) or class labels (classifiers)."""
 
