@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,8 +102,10 @@ def cmd_worker(settings: Settings, *, queues: str | None, concurrency: int | Non
         return 2
     if n > 1:
         # Several training processes: their Prometheus series are summed through files in this folder.
+        # Emptied first: a restarted container reuses its pid, and old files would be summed into new counters.
         folder = settings.home / f"prometheus-{os.getpid()}"
-        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     from worker.celery_app import WORKER_OPTIONS, app
 
