@@ -292,3 +292,38 @@ def test_prometheus_series_move_with_jobs_and_predictions(cluster: Cluster) -> N
     api_lines = [json.loads(x) for x in (c.home / "api.log").read_text().splitlines() if x.startswith("{")]
     assert any(line.get("job_id") == job["id"] and line["message"].startswith("http.request")
                and re.search(r"route=/jobs/\{job_id\}", line["message"]) for line in api_lines)
+
+
+def test_a_stopping_worker_hands_its_job_back_to_another(cluster: Cluster) -> None:
+    """Scaling down (SIGTERM, as `docker compose up --scale worker=2` sends) must neither wait for a job that may
+    run for hours nor leave it until its lease runs out: the job goes back to the queue and another worker
+    resumes it. Runs last in this module: it stops one of the three workers."""
+    c = cluster
+    with c.client() as http:
+        job = http.post("/jobs", json=long_spec()).json()
+        wait_for(lambda: http.get(f"/jobs/{job['id']}").json()["status"] == "running", timeout=60,
+                 what="the job to start", c=c)
+        owner_log = wait_for(lambda: next((line["_log"] for line in c.worker_log_lines()
+                                           if line["message"].startswith("job.started")
+                                           and line["job_id"] == job["id"]), None), timeout=30, what="its log", c=c)
+        proc = c.procs[1 + [p.name for p in c.worker_logs].index(owner_log)]
+        stopped_at = time.monotonic()
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
+        # Well inside the lease (60 s): the worker stopped because it handed the job back, not because it ended.
+        assert time.monotonic() - stopped_at < 30
+
+        def resumed_elsewhere() -> bool:
+            return any(line["message"].startswith("job.started") and line["job_id"] == job["id"]
+                       and line["_log"] != owner_log for line in c.worker_log_lines())
+
+        wait_for(resumed_elsewhere, timeout=60, what="another worker to take the job", c=c)
+        seen = http.get(f"/jobs/{job['id']}").json()
+        assert seen["status"] == "running"
+        assert seen["attempts"] == 1, "a handed-back delivery does not count against TRAINSERVE_MAX_ATTEMPTS"
+        handed = [line for line in c.worker_log_lines() if line["message"].startswith("job.handed_back")]
+        assert [line["job_id"] for line in handed] == [job["id"]] and handed[0]["_log"] == owner_log
+        assert len(http.get("/workers").json()["items"]) == N_WORKERS - 1  # it withdrew from the registry
+        http.post(f"/jobs/{job['id']}/cancel")
+        wait_for(lambda: http.get(f"/jobs/{job['id']}").json()["status"] == "cancelled", timeout=60,
+                 what="the job to stop", c=c)

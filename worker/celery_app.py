@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from service.queue import make_celery
 from service.settings import get_settings
@@ -39,6 +39,14 @@ def _announce(sender: Any = None, **_: object) -> None:
                                  concurrency=int(WORKER_OPTIONS["concurrency"]), settings=settings)
     _registration.register()
     _registration.start()
+
+
+@worker_shutting_down.connect
+def _drain(**_: object) -> None:
+    # A warm shutdown would otherwise wait for the running job to end, which may be hours away.
+    from worker.tasks import drain_all
+
+    drain_all()
 
 
 @worker_shutdown.connect

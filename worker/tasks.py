@@ -19,6 +19,7 @@ from service.checkpoints import load_resume_state, record_checkpoint
 from service.datainfo import DataInfo
 from service.datasets import load_table
 from service.db import with_retry
+from service.jobs import mark_enqueued
 from service.metrics import drop_points_after, record_points
 from service.models import FINISHED_STATUSES, Job, utcnow
 from service.nets import build_model
@@ -94,6 +95,17 @@ def _owned_job(session: Session, job_id: str, owner: str) -> Job:
     return job
 
 
+# Trainings in this process, so a worker told to stop can hand their jobs back at the next step.
+_active_heartbeats: set[Heartbeat] = set()
+
+
+def drain_all() -> None:
+    """Warm shutdown (SIGTERM): every job trained here stops at its next step and goes back to the queue,
+    instead of holding the shutdown for its whole run. Called from a signal handler: flags only, no I/O."""
+    for heartbeat in list(_active_heartbeats):
+        heartbeat.drain()
+
+
 class Heartbeat(threading.Thread):
     """Renews the lease and watches for cancellation and the run-time limit, so should_stop() is a flag read."""
 
@@ -131,6 +143,11 @@ class Heartbeat(threading.Thread):
             self._stop("cancelled")
         elif time.monotonic() - self._started_at > self.settings.job_time_limit_seconds:
             self._stop("timeout")
+
+    def drain(self) -> None:
+        if self.reason is None:
+            self.reason = "drained"
+        self.stop_training.set()
 
     def _stop(self, reason: str) -> None:
         if self.reason is None:
@@ -200,6 +217,25 @@ def _finish(job_id: str, owner: str, *, status: str, error: str | None = None) -
     log.info("job.%s job_id=%s", status, job_id)
 
 
+def _hand_back(job_id: str, owner: str) -> None:
+    """Back to the queue, to resume from its latest checkpoint on another worker, sent at once."""
+
+    def write(session: Session) -> str:
+        job = _owned_job(session, job_id, owner)
+        job.status, job.lease_owner, job.lease_expires_at, job.enqueued_at = "queued", None, None, None
+        # Handed back, not lost: this delivery does not count against TRAINSERVE_MAX_ATTEMPTS.
+        job.attempts = max(0, job.attempts - 1)
+        return job.queue
+
+    queue = with_retry(write)
+    log.info("job.handed_back job_id=%s queue=%s: this worker is shutting down", job_id, queue)
+    try:
+        app.send_task(TRAIN_JOB, args=[job_id], queue=queue)
+        with_retry(lambda s: mark_enqueued(s, job_id=job_id))
+    except Exception as exc:  # the API's reaper sends queued jobs the broker never got
+        log.warning("job.hand_back_send_failed job_id=%s error=%s", job_id, exc)
+
+
 def run_training(job_id: str, *, settings: Settings, worker_name: str | None = None) -> str | None:
     """The whole life of one delivery of a job. Returns the final status, or None when it did not run."""
     token = current_job_id.set(job_id)
@@ -225,6 +261,7 @@ def _run_claimed(job_id: str, *, settings: Settings, worker_name: str) -> str | 
     log.info("job.started job_id=%s attempt=%d owner=%s", job_id, claim.attempts, owner)
     heartbeat = Heartbeat(job_id=job_id, owner=owner, settings=settings)
     heartbeat.start()
+    _active_heartbeats.add(heartbeat)
     try:
         spec = JobSpec.model_validate(claim.spec)
         info = DataInfo.from_json(claim.data_info)
@@ -242,6 +279,9 @@ def _run_claimed(job_id: str, *, settings: Settings, worker_name: str) -> str | 
         if result.status == "cancelled":
             if heartbeat.reason == "lease_lost":
                 raise LeaseLost(job_id)
+            if heartbeat.reason == "drained":
+                _hand_back(job_id, owner)
+                return "drained"
             if heartbeat.reason == "timeout":
                 _finish(job_id, owner, status="failed", error=(
                     f"timeout: the job ran longer than TRAINSERVE_JOB_TIME_LIMIT_SECONDS="
@@ -262,6 +302,7 @@ def _run_claimed(job_id: str, *, settings: Settings, worker_name: str) -> str | 
         _finish(job_id, owner, status="failed", error=f"{exc.__class__.__name__}: {exc}")
         return "failed"
     finally:
+        _active_heartbeats.discard(heartbeat)
         heartbeat.close()
 
 
