@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections import OrderedDict
 
+import anyio
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.db import session_scope
 from service.errors import NotFound, Unauthorized
 from service.models import ApiKey, utcnow
 
@@ -32,15 +37,69 @@ def revoke_api_key(session: Session, *, key: str) -> None:
     row.revoked_at = utcnow()
 
 
-def authenticate(session: Session, *, authorization: str | None) -> str:
-    """The tenant that an `Authorization: Bearer KEY` header belongs to."""
+def key_digest(authorization: str | None) -> str:
+    """The SHA-256 of the key in an `Authorization: Bearer KEY` header; 401 when there is none."""
     scheme, _, key = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send 'Authorization: Bearer KEY'")
-    digest = hash_key(key.strip())
+    return hash_key(key.strip())
+
+
+def tenant_of(session: Session, digest: str) -> str:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
     # The lookup is by hash, so timing reveals nothing about the key; compare_digest keeps the final check
     # constant-time as well.
     if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
         raise Unauthorized("invalid or revoked API key")
     return row.tenant
+
+
+def authenticate(session: Session, *, authorization: str | None) -> str:
+    """The tenant that an `Authorization: Bearer KEY` header belongs to."""
+    return tenant_of(session, key_digest(authorization))
+
+
+class RecentKeys:
+    """Key hash -> tenant for keys the database accepted less than `ttl` seconds ago (least recently used
+    dropped past `size`). Only accepted keys are kept: a new key works at once, a wrong one is looked up
+    every time."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> str | None:
+        with self._lock:
+            found = self._items.get(digest)
+            if found is None or found[1] <= time.monotonic():
+                return None
+            self._items.move_to_end(digest)
+            return found[0]
+
+    def remember(self, digest: str, tenant: str, ttl: float) -> None:
+        with self._lock:
+            self._items[digest] = (tenant, time.monotonic() + ttl)
+            self._items.move_to_end(digest)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+_recent_keys = RecentKeys()
+
+
+async def authenticate_recent(authorization: str | None, *, ttl: float) -> str:
+    """`authenticate` for hot paths: a key accepted less than `ttl` seconds ago is trusted without asking the
+    database again, so a revoked key keeps working there for at most `ttl` seconds (0: ask every time)."""
+    digest = key_digest(authorization)
+    tenant = _recent_keys.get(digest) if ttl > 0 else None
+    if tenant is None:
+        tenant = await anyio.to_thread.run_sync(_tenant_in_database, digest)
+        if ttl > 0:
+            _recent_keys.remember(digest, tenant, ttl)
+    return tenant
+
+
+def _tenant_in_database(digest: str) -> str:
+    with session_scope(read_only=True) as session:
+        return tenant_of(session, digest)

@@ -44,6 +44,9 @@ MODEL_CACHE_MISSES = Counter("trainserve_model_cache_misses_total", "Predictions
 # --- HTTP -------------------------------------------------------------------------------------------------
 
 
+QUIET_ROUTES = frozenset({"/predict", "/metrics", "/healthz", "/readyz"})
+
+
 def route_label(scope: Scope) -> str:
     """The route's template (/jobs/{job_id}), never the raw path: one series per route, not per job."""
     route = scope.get("route")
@@ -88,10 +91,14 @@ class RequestTelemetry:
             if route != "/metrics":  # scrapes would otherwise dominate the request series
                 HTTP_REQUESTS.labels(method, route, str(status)).inc()
                 HTTP_SECONDS.labels(method, route).observe(elapsed)
-            job_id = (scope.get("path_params") or {}).get("job_id")
-            log.info("http.request method=%s path=%s route=%s status=%d duration_ms=%.1f", method, scope.get("path"),
-                     route, status, elapsed * 1000,
-                     extra={"request_id": request_id, **({"job_id": job_id} if job_id else {})})
+            # Probes, scrapes and successful predictions are the bulk of the traffic: DEBUG, so that INFO logs
+            # stay readable and a hot /predict does not pay for a log line (TRAINSERVE_LOG_LEVEL=DEBUG shows them).
+            level = logging.DEBUG if route in QUIET_ROUTES and status < 400 else logging.INFO
+            if log.isEnabledFor(level):
+                job_id = (scope.get("path_params") or {}).get("job_id")
+                log.log(level, "http.request method=%s path=%s route=%s status=%d duration_ms=%.1f", method,
+                        scope.get("path"), route, status, elapsed * 1000,
+                        extra={"request_id": request_id, **({"job_id": job_id} if job_id else {})})
 
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")

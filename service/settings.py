@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = 10.0
 
     model_cache_size: int = 16
+    # /predict trusts an API key the database accepted, and the checkpoint a finished job's "best"/"latest"/id
+    # named, for this many seconds, so a hot model answers with no database round trip. A revoked key or a
+    # deleted job still answers /predict (only) for at most this long; 0 asks the database on every request.
+    predict_cache_seconds: float = 5.0
     # Queues a worker consumes: "auto" is gpu and cpu where CUDA works, else cpu only. CPU hosts never take gpu.
     worker_queues: str = "auto"
     worker_concurrency: int = 1

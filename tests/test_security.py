@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,53 @@ def test_corrupt_checkpoint_is_refused_at_predict_time(embedded_server: LiveServ
     assert response.status_code == 409, response.text
     assert response.json()["type"] == "corrupt_checkpoint" and "SHA-256" in response.json()["detail"]
     assert download.status_code == 409
+
+
+PREDICT_CACHE_SECONDS = 5.0  # TRAINSERVE_PREDICT_CACHE_SECONDS' default, which the embedded server runs with
+
+
+def wait_for_status(call: Any, status: int, *, within: float) -> float:
+    """Seconds until `call()` answers `status`; fails if that takes longer than `within`."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if call().status_code == status:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"still not {status} after {within}s")
+
+
+def test_a_revoked_key_stops_predicting_within_the_predict_cache_time(embedded_server: LiveServer,
+                                                                     finished_job: dict[str, Any]) -> None:
+    # The job belongs to tenant "default": a second key of that tenant predicts on it.
+    key = server_cli(embedded_server, "keys", "create", "--tenant", "default")
+    body = {"job_id": finished_job["id"], "inputs": [[0.0] * 32]}
+    with embedded_server.client(api_key=key) as c:
+        assert c.post("/predict", json=body).status_code == 200
+        assert c.post("/predict", json=body).headers["x-model-cache"] == "hit"  # answered from memory
+        server_cli(embedded_server, "keys", "revoke", key)
+        assert c.get("/jobs").status_code == 401  # everywhere else at once
+        waited = wait_for_status(lambda: c.post("/predict", json=body), 401, within=PREDICT_CACHE_SECONDS + 3)
+    assert waited <= PREDICT_CACHE_SECONDS + 1
+
+
+def test_a_deleted_job_stops_predicting_within_the_predict_cache_time(embedded_server: LiveServer) -> None:
+    with embedded_server.client() as c:
+        job = embedded_server.wait_for_job(c.post("/jobs", json=SEED_EXAMPLE).json()["id"])
+        body = {"job_id": job["id"], "inputs": [[0.0] * 32]}
+        assert c.post("/predict", json=body).status_code == 200
+        assert c.post("/predict", json=body).headers["x-model-cache"] == "hit"
+        assert c.delete(f"/jobs/{job['id']}").status_code == 204
+        wait_for_status(lambda: c.post("/predict", json=body), 404, within=PREDICT_CACHE_SECONDS + 3)
+
+
+@pytest.mark.parametrize("inputs, loc", [
+    ([[0.0] * 31 + [10**400]], "inputs[0][31]"),  # past float64: cannot even be converted
+    ([[1e39] + [0.0] * 31], "inputs[0][0]"),  # past float32, which models run in
+    ([[[0.0] * 16, [10**400] + [0.0] * 15]], "inputs[0][16]"),  # a nested row takes the value-by-value path
+])
+def test_out_of_range_inputs_answer_422_with_their_path(embedded_server: LiveServer, finished_job: dict[str, Any],
+                                                       inputs: list[Any], loc: str) -> None:
+    with embedded_server.client() as c:
+        response = c.post("/predict", json={"job_id": finished_job["id"], "inputs": inputs})
+    assert response.status_code == 422, response.text
+    assert loc in [e["loc"] for e in response.json()["errors"]]
