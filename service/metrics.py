@@ -5,20 +5,55 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from contextlib import closing
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Connection, Select, bindparam, delete, func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from service.models import MetricPoint
 from service.schemas import MetricPointRead
 
+_COLUMNS = "job_id, name, step, epoch, value, time"
+
 
 def record_points(session: Session, *, job_id: str, points: Sequence[dict[str, Any]]) -> None:
-    """points: dicts with name, step, epoch, value, time. One INSERT for the whole batch."""
-    if points:
-        session.execute(insert(MetricPoint), [{"job_id": job_id, **p} for p in points])
+    """points: dicts with name, step, epoch, value, time; written in the session's transaction.
+
+    Through the driver's fastest path rather than an ORM or Core insert, which build and process a parameter
+    dict per row: COPY on PostgreSQL (about twice the rows/s of an INSERT at every batch size the worker sends,
+    2 to 20,000 rows), one executemany on SQLite (about 40 % more rows/s).
+    """
+    if not points:
+        return
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        _copy_points(connection, job_id, points)
+    else:
+        _insert_points(connection, job_id, points)
+
+
+def _copy_points(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
+    # Text format, not binary: the server converts each field to its column's type, so a migration that changes
+    # a column's type cannot make this write a wrong binary layout.
+    with closing(connection.connection.cursor()) as cursor, \
+            cursor.copy(f"COPY {MetricPoint.__tablename__} ({_COLUMNS}) FROM STDIN") as copy:
+        for p in points:
+            copy.write_row((job_id, p["name"], p["step"], p["epoch"], p["value"], p["time"]))
+
+
+def _insert_points(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
+    # The service runs on PostgreSQL or SQLite, so this is SQLite's paramstyle. Timestamps go through
+    # SQLAlchemy's own conversion, so they are stored in the text format every other write uses.
+    dialect = connection.dialect
+    processor = MetricPoint.__table__.c.time.type.dialect_impl(dialect).bind_processor(dialect)
+    to_db = processor if processor is not None else (lambda value: value)
+    connection.exec_driver_sql(
+        f"INSERT INTO {MetricPoint.__tablename__} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        [(job_id, p["name"], p["step"], p["epoch"], p["value"], to_db(p["time"])) for p in points],
+    )
 
 
 def drop_points_after(session: Session, *, job_id: str, step: int) -> None:
@@ -26,17 +61,97 @@ def drop_points_after(session: Session, *, job_id: str, step: int) -> None:
     session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step))
 
 
+_POINT_COLUMNS = (MetricPoint.name, MetricPoint.step, MetricPoint.epoch, MetricPoint.value, MetricPoint.time)
+
+
+def _to_read(row: Any) -> MetricPointRead:
+    return MetricPointRead(name=row.name, step=row.step, epoch=row.epoch, value=row.value, time=row.time)
+
+
+def _filters(job_id: str, names: list[str] | None, since_step: int | None) -> list[ColumnElement[bool]]:
+    where = [MetricPoint.job_id == job_id]
+    if names:
+        where.append(MetricPoint.name.in_(names))
+    if since_step is not None:
+        where.append(MetricPoint.step > since_step)
+    return where
+
+
 def read_points(session: Session, *, job_id: str, names: list[str] | None, since_step: int | None,
                 max_points: int | None) -> list[MetricPointRead]:
-    query = select(MetricPoint.name, MetricPoint.step, MetricPoint.epoch, MetricPoint.value, MetricPoint.time) \
-        .where(MetricPoint.job_id == job_id)
-    if names:
-        query = query.where(MetricPoint.name.in_(names))
-    if since_step is not None:
-        query = query.where(MetricPoint.step > since_step)
-    rows = session.execute(query.order_by(MetricPoint.name, MetricPoint.step)).all()
-    points = [MetricPointRead(name=r.name, step=r.step, epoch=r.epoch, value=r.value, time=r.time) for r in rows]
-    return downsample(points, max_points) if max_points else points
+    """Points ordered by name then step; with max_points, each series downsampled as `downsample()` does."""
+    where = _filters(job_id, names, since_step)
+    if not max_points:
+        return [_to_read(r) for r in session.execute(_points(where))]
+    return _read_downsampled(session, where, max_points)
+
+
+def _points(where: list[ColumnElement[bool]], *more: ColumnElement[bool]) -> Select:
+    return select(*_POINT_COLUMNS).where(*where, *more).order_by(MetricPoint.name, MetricPoint.step)
+
+
+def _read_downsampled(session: Session, where: list[ColumnElement[bool]], max_points: int) -> list[MetricPointRead]:
+    """Downsampling in SQL: of a series over the cap only the kept points are read as rows.
+
+    One pass over the (job_id, name, step) index counts the points of each series. The series within the cap
+    are read whole; each larger one by the steps at the positions `pick_positions` keeps.
+    """
+    counts = session.execute(
+        select(MetricPoint.name, func.count()).where(*where).group_by(MetricPoint.name).order_by(MetricPoint.name)
+    ).all()
+    kept: dict[str, list[MetricPointRead]] = {name: [] for name, _ in counts}
+    small = [name for name, count in counts if count <= max_points]
+    if small:
+        for row in session.execute(_points(where, MetricPoint.name.in_(small))):
+            kept[row.name].append(_to_read(row))
+    for name, count in counts:
+        if count > max_points:
+            in_series = [*where, MetricPoint.name == name]
+            steps = _kept_steps(session, in_series, count, max_points)
+            rows = session.execute(_points(in_series, MetricPoint.step.in_(_literal_ints(steps))))
+            kept[name] = [_to_read(r) for r in rows]
+    return [p for points in kept.values() for p in points]
+
+
+def _kept_steps(session: Session, in_series: list[ColumnElement[bool]], count: int, max_points: int) -> list[int]:
+    positions = pick_positions(count, max_points)
+    strided = _even_stride(session, in_series, count)
+    if strided is not None:
+        first, stride = strided
+        return [first + stride * p for p in positions]
+    # Steps with uneven gaps: number them in step order (from the index alone) and keep the picked numbers.
+    ranked = select(MetricPoint.step, (func.row_number().over(order_by=MetricPoint.step) - 1).label("position")) \
+        .where(*in_series).subquery()
+    return list(session.scalars(select(ranked.c.step).where(ranked.c.position.in_(_literal_ints(positions)))))
+
+
+def _even_stride(session: Session, in_series: list[ColumnElement[bool]], count: int) -> tuple[int, int] | None:
+    """(first step, stride) when a series of count >= 2 points has steps first, first + stride, first + 2 stride...
+
+    That is what the worker writes (a point every log_every_steps steps), and then the point at position p has
+    step first + stride * p, with no need to number the rows. The proof: the count distinct steps lie in
+    [first, first + stride * (count - 1)], and if all are congruent to first modulo stride there are exactly count
+    such values, so the steps are all of them. With stride 1 the congruence always holds.
+    """
+    def bound(aggregate: Any) -> Any:
+        # Separate scalar subqueries: each min() or max() alone is one index probe in both databases.
+        return select(aggregate(MetricPoint.step)).where(*in_series).scalar_subquery()
+
+    first, last = session.execute(select(bound(func.min), bound(func.max))).one()
+    stride, remainder = divmod(last - first, count - 1)
+    if remainder:
+        return None
+    if stride > 1:
+        off_stride = select(MetricPoint.step).where(*in_series, (MetricPoint.step - first) % stride != 0).limit(1)
+        if session.scalar(off_stride) is not None:
+            return None
+    return first, stride
+
+
+def _literal_ints(values: list[int]) -> Any:
+    # Rendered into the SQL as literals: max_points may be 100,000, past the bound-parameter limits of SQLite
+    # builds (32,766) and PostgreSQL (65,535). They are integers we computed, so nothing here is user text.
+    return bindparam("kept", values, expanding=True, literal_execute=True)
 
 
 def read_new_points(session: Session, *, job_id: str, names: list[str] | None, since_step: int | None,
@@ -46,32 +161,32 @@ def read_new_points(session: Session, *, job_id: str, names: list[str] | None, s
     Steps cannot serve as that cursor: an epoch's val_loss carries the step of a train_loss point that may
     already have been sent. Only one worker writes a job's points (the lease), so ids grow in commit order.
     """
-    query = select(MetricPoint.id, MetricPoint.name, MetricPoint.step, MetricPoint.epoch, MetricPoint.value,
-                   MetricPoint.time).where(MetricPoint.job_id == job_id, MetricPoint.id > after_id)
-    if names:
-        query = query.where(MetricPoint.name.in_(names))
-    if since_step is not None:
-        query = query.where(MetricPoint.step > since_step)
+    query = select(MetricPoint.id, *_POINT_COLUMNS) \
+        .where(*_filters(job_id, names, since_step), MetricPoint.id > after_id)
     rows = session.execute(query.order_by(MetricPoint.id)).all()
-    points = [MetricPointRead(name=r.name, step=r.step, epoch=r.epoch, value=r.value, time=r.time) for r in rows]
-    return points, (rows[-1].id if rows else after_id)
+    return [_to_read(r) for r in rows], (rows[-1].id if rows else after_id)
+
+
+def pick_positions(n: int, max_points: int) -> list[int]:
+    """The positions (0-based, ascending) kept from a series of n points: all of them within max_points, else
+    max_points evenly spaced ones with the first and the last (just the last when max_points is 1)."""
+    if n <= max_points:
+        return list(range(n))
+    if max_points == 1:
+        return [n - 1]
+    last = n - 1
+    return sorted({round(i * last / (max_points - 1)) for i in range(max_points)})
 
 
 def downsample(points: list[MetricPointRead], max_points: int) -> list[MetricPointRead]:
-    """At most max_points per series, evenly spaced by position, first and last kept."""
+    """At most max_points per series, evenly spaced by position, first and last kept: in Python, on points already
+    read, what read_points does in SQL (the tests hold the two to the same answer)."""
     by_name: dict[str, list[MetricPointRead]] = {}
     for p in points:
         by_name.setdefault(p.name, []).append(p)
     out: list[MetricPointRead] = []
     for series in by_name.values():
-        if len(series) <= max_points:
-            out.extend(series)
-        elif max_points == 1:
-            out.append(series[-1])
-        else:
-            last = len(series) - 1
-            picks = sorted({round(i * last / (max_points - 1)) for i in range(max_points)})
-            out.extend(series[i] for i in picks)
+        out.extend(series[i] for i in pick_positions(len(series), max_points))
     return out
 
 

@@ -1,0 +1,121 @@
+"""The metric store on SQLite and PostgreSQL: points written by record_points (COPY on PostgreSQL) read back
+unchanged, and downsampling done in SQL gives exactly what the Python `downsample()` gives."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import make_engine
+from service.metrics import downsample, pick_positions, read_points, record_points
+from service.migrate import migrate_to_head
+from service.models import Job
+from service.settings import Settings
+from tests.conftest import create_pg_database, drop_pg_database
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def _series_steps() -> dict[str, list[int]]:
+    """Series shaped like the worker's and unlike them: dense, strided, with random gaps, short, single."""
+    rng = random.Random(7)
+    return {
+        "train_loss": list(range(1, 1001)),  # a point every step
+        "lr": list(range(10, 5001, 10)),  # log_every_steps=10
+        "val_loss": sorted(rng.sample(range(100_000), 777)),  # gaps everywhere
+        "val_mae": [s + (s == 100) for s in range(0, 200, 2)],  # even steps but one: first + stride * p misses it
+        "epoch_time_s": [3, 4, 5, 9, 20, 21, 50],
+        "val_r2": [42],
+    }
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sessions(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
+    home = tmp_path_factory.mktemp("metrics")
+    if request.param == "postgres":
+        request.getfixturevalue("pg_url")  # fails under CI=true, skips elsewhere, when PostgreSQL is not there
+        url = create_pg_database()  # a database of our own: the live servers' database must not see these jobs
+    else:
+        url = f"sqlite:///{home / 'metrics.db'}"
+    migrate_to_head(url)
+    engine = make_engine(Settings(database_url=url, home=home))
+    try:
+        yield sessionmaker(bind=engine, expire_on_commit=False)
+    finally:
+        engine.dispose()
+        if request.param == "postgres":
+            drop_pg_database(url)
+
+
+def _job_with_points(sessions: sessionmaker[Session], steps: dict[str, list[int]]) -> str:
+    with sessions() as session, session.begin():
+        job = Job(tenant="t", name="metrics", status="succeeded", spec={}, report={}, data_info={}, last_metrics={})
+        session.add(job)
+        session.flush()
+        points = [{"name": name, "step": step, "epoch": 1 + step // 100, "value": step / 7 + len(name),
+                   "time": T0 + timedelta(milliseconds=step)}
+                  for name, series in steps.items() for step in series]
+        random.Random(3).shuffle(points)  # storage order must not matter
+        record_points(session, job_id=job.id, points=points)
+        return job.id
+
+
+def _read(sessions: sessionmaker[Session], job_id: str, **query: Any) -> list[Any]:
+    with sessions() as session:
+        return read_points(session, job_id=job_id, **{"names": None, "since_step": None, "max_points": None, **query})
+
+
+def test_points_read_back_as_written(sessions: sessionmaker[Session]) -> None:
+    steps = _series_steps()
+    job_id = _job_with_points(sessions, steps)
+    points = _read(sessions, job_id)
+    assert {(p.name, p.step) for p in points} == {(n, s) for n, series in steps.items() for s in series}
+    p = next(p for p in points if p.name == "lr" and p.step == 20)
+    assert (p.epoch, p.value) == (1, pytest.approx(20 / 7 + 2))
+    assert p.time.replace(tzinfo=timezone.utc) == T0 + timedelta(milliseconds=20)
+
+
+@pytest.mark.parametrize("max_points", [1, 2, 3, 7, 10, 499, 500, 501, 776, 777, 1000, 5000])
+def test_sql_downsampling_matches_python(sessions: sessionmaker[Session], max_points: int) -> None:
+    steps = _series_steps()
+    job_id = _job_with_points(sessions, steps)
+    for filters in ({}, {"names": ["val_loss", "train_loss", "nothing"]}, {"since_step": 37},
+                    {"names": ["lr", "val_r2"], "since_step": 4990}, {"since_step": 10**6}):
+        everything = _read(sessions, job_id, **filters)
+        sampled = _read(sessions, job_id, max_points=max_points, **filters)
+        assert sampled == downsample(everything, max_points), filters
+        for name in {p.name for p in everything}:
+            full = [p.step for p in everything if p.name == name]
+            kept = [p.step for p in sampled if p.name == name]
+            assert len(kept) == min(len(full), max_points)
+            assert kept[-1] == full[-1]
+            if max_points > 1:
+                assert kept[0] == full[0]
+
+
+def test_downsampled_steps_are_evenly_spaced(sessions: sessionmaker[Session]) -> None:
+    job_id = _job_with_points(sessions, _series_steps())
+    kept = [p.step for p in _read(sessions, job_id, names=["train_loss"], max_points=10)]
+    assert kept == [1, 112, 223, 334, 445, 556, 667, 778, 889, 1000]
+    kept = [p.step for p in _read(sessions, job_id, names=["epoch_time_s"], max_points=3)]
+    assert kept == [3, 9, 50]
+
+
+def test_a_cap_past_the_bound_parameter_limits(sessions: sessionmaker[Session]) -> None:
+    # 40,000 kept steps are more than SQLite (32,766) and PostgreSQL (65,535 over two lists) bind as parameters.
+    steps = {"train_loss": list(range(0, 150_000, 3))}
+    job_id = _job_with_points(sessions, steps)
+    sampled = _read(sessions, job_id, max_points=40_000)
+    assert [p.step for p in sampled] == [steps["train_loss"][i] for i in pick_positions(50_000, 40_000)]
+
+
+def test_pick_positions() -> None:
+    assert pick_positions(3, 5) == [0, 1, 2]
+    assert pick_positions(5, 1) == [4]
+    assert pick_positions(5, 3) == [0, 2, 4]
+    assert pick_positions(4, 3) == [0, 2, 3]  # 1.5 rounds to even, as Python's round() does
