@@ -264,7 +264,7 @@ def register_routes(app: FastAPI) -> None:
         return WorkerList(items=[
             WorkerRead(name=w.name, hostname=w.hostname, queues=list(w.queues), device=w.device,
                        concurrency=w.concurrency, started_at=w.started_at, last_seen_at=w.last_seen_at,
-                       running_jobs=len(running.get(w.name, [])))
+                       running_jobs=running[w.name])
             for w in workers.live_workers(session, settings=settings)])
 
     @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})

@@ -124,7 +124,7 @@ class ServiceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         from service.db import session_scope
         from service.queue import QUEUES, broker_queue_sizes
-        from service.workers import live_workers
+        from service.workers import QueueView
 
         jobs = GaugeMetricFamily("trainserve_jobs", "Jobs by status", labels=["status"])
         queued = GaugeMetricFamily("trainserve_queue_depth", "Queued jobs waiting for a worker, per queue",
@@ -135,18 +135,16 @@ class ServiceCollector(Collector):
         try:
             with session_scope(read_only=True) as session:
                 by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-                by_queue = dict(session.execute(select(Job.queue, func.count()).where(Job.status == "queued")
-                                                .group_by(Job.queue)).all())
-                live = live_workers(session, settings=self.settings)
+                view = QueueView.read(session, settings=self.settings)  # what waiting reasons are made of
                 running = session.scalars(select(Job.last_metrics).where(Job.status == "running")).all()
         except Exception as exc:  # a scrape must answer even while the database is away
             logging.getLogger(__name__).warning("metrics.database_unavailable error=%s", exc)
             return
         for status in JOB_STATUSES:
             jobs.add_metric([status], by_status.get(status, 0))
-        for queue in sorted({*QUEUES, *by_queue}):
-            queued.add_metric([queue], by_queue.get(queue, 0))
-            workers.add_metric([queue], sum(queue in w.queues for w in live))
+        for queue in sorted({*QUEUES, *view.queued_by_queue}):
+            queued.add_metric([queue], view.queued_by_queue[queue])
+            workers.add_metric([queue], view.workers_by_queue[queue])
         samples.add_metric([], sum(float((m or {}).get("samples_per_s", 0.0)) for m in running))
         yield from (jobs, queued, workers, samples)
 

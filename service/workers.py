@@ -49,14 +49,10 @@ def live_workers(session: Session, *, settings: Settings) -> list[Worker]:
     return list(session.scalars(select(Worker).where(Worker.last_seen_at >= cutoff).order_by(Worker.name)))
 
 
-def running_jobs_by_worker(session: Session) -> dict[str, list[str]]:
-    rows = session.execute(select(Job.id, Job.lease_owner).where(Job.status == "running",
-                                                                 Job.lease_owner.is_not(None))).all()
-    out: dict[str, list[str]] = {}
-    for job_id, owner in rows:
-        if owner:
-            out.setdefault(owner.split("/", 1)[0], []).append(job_id)
-    return out
+def running_jobs_by_worker(session: Session) -> Counter[str]:
+    """Worker name -> jobs it is training, from the lease owners (see lease_owner)."""
+    owners = session.scalars(select(Job.lease_owner).where(Job.status == "running", Job.lease_owner.is_not(None)))
+    return Counter(owner.split("/", 1)[0] for owner in owners if owner)
 
 
 @dataclass
@@ -78,9 +74,8 @@ class QueueView:
             (view.queued_by_queue if status == "queued" else view.running_by_queue)[queue] += n
         return view
 
-    def waiting_reason(self, job: Job) -> str | None:
-        if job.status != "queued":
-            return None
+    def waiting_reason(self, job: Job) -> str:
+        """Why this queued job has not started."""
         queue = job.queue
         if job.enqueued_at is None:
             return "not yet handed to the broker (it may be unreachable); it is sent again automatically"
