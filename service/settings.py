@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # Leases: a running job whose heartbeat is older than lease_seconds goes back to the queue.
     lease_seconds: int = 60
     heartbeat_seconds: float = 5.0
+    # How often a running job looks for a cancel (one indexed read): a cancel stops it within about this long.
+    cancel_poll_seconds: float = 0.5
     max_attempts: int = 3
     reaper_interval_seconds: float = 10.0
 

@@ -213,8 +213,9 @@ def long_spec(name: str = "long") -> dict[str, Any]:
         "name": name,
         "model": {"layers": [{"type": "Linear", "out_features": 1}]},
         "loss": {"type": "MSELoss"}, "optimizer": {"type": "SGD", "lr": 0.01},
-        # Bounded, so a test that fails before its cancel cannot hold the shared worker for long.
-        "training": {"max_steps": 20_000, "batch_size": 8, "log_every_steps": 5, "checkpoint": {"every_epochs": 1000}},
+        # Far more steps than any machine runs before the test's cancel lands (each test cancels it in a
+        # finally block, so a failing test does not hold the shared worker).
+        "training": {"max_steps": 5_000_000, "batch_size": 8, "log_every_steps": 5, "checkpoint": {"every_epochs": 1000}},
         "data": {"source": "synthetic", "kind": "regression", "n_samples": 64, "n_features": 2},
     }
 

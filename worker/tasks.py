@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.checkpoints import load_resume_state, record_checkpoint
 from service.datainfo import DataInfo
 from service.datasets import load_table
-from service.db import with_retry
+from service.db import session_scope, with_retry
 from service.jobs import mark_enqueued
 from service.metrics import drop_points_after, record_points
 from service.models import FINISHED_STATUSES, Job, utcnow
@@ -126,11 +126,22 @@ class Heartbeat(threading.Thread):
         self._started_at = time.monotonic()
 
     def run(self) -> None:
-        while not self._done.wait(self.settings.heartbeat_seconds):
+        # A cheap cancel check every cancel_poll_seconds, so a cancel lands within about a second; the lease
+        # is renewed every heartbeat_seconds.
+        next_beat = time.monotonic() + self.settings.heartbeat_seconds
+        while not self._done.wait(min(self.settings.cancel_poll_seconds, self.settings.heartbeat_seconds)):
             try:
-                self.beat()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.settings.heartbeat_seconds
+                    self.beat()
+                elif self._cancel_requested():
+                    self._stop("cancelled")
             except Exception as exc:  # the database may be briefly away: keep training, try again
-                log.warning("heartbeat.failed job_id=%s error=%s", self.job_id, exc)
+                log.warning("heartbeat.failed job_id=%s error=%s", self.job_id, exc.__class__.__name__)
+
+    def _cancel_requested(self) -> bool:
+        with session_scope(read_only=True) as session:  # no SQLite write lock: metric writes go on
+            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
 
     def beat(self) -> None:
         def renew(session: Session) -> bool | None:
@@ -141,8 +152,7 @@ class Heartbeat(threading.Thread):
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 return None
-            job = session.get(Job, self.job_id)
-            return bool(job and job.cancel_requested)
+            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
 
         cancel = with_retry(renew, attempts=2)
         if cancel is None:
