@@ -22,8 +22,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "pruned")
+# "pruned": a sweep trial its pruner stopped early; metrics and checkpoints stay, like a finished job's.
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled", "pruned"})
 
 
 def utcnow() -> datetime:
@@ -55,6 +56,7 @@ class Job(Base):
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        UniqueConstraint("sweep_id", "trial_number", name="uq_jobs_sweep_trial"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -87,6 +89,32 @@ class Job(Base):
     best_checkpoint_id: Mapped[str | None] = mapped_column(String(32), default=None)
     latest_checkpoint_id: Mapped[str | None] = mapped_column(String(32), default=None)
     last_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    # A sweep's trial: which sweep, and {"number", "params"}; unique per (sweep_id, trial_number).
+    sweep_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("sweeps.id", ondelete="CASCADE"), default=None, index=True
+    )
+    trial_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    trial: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class Sweep(Base):
+    """A base spec, a search space and how to search it; its trials are jobs with this sweep_id."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_tenant_created", "tenant", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    spec: Mapped[dict[str, Any]]
+    space: Mapped[dict[str, Any]]
+    search: Mapped[dict[str, Any]]  # method, trials, parallel, seed
+    objective: Mapped[dict[str, Any]]  # metric, mode
+    pruner: Mapped[dict[str, Any]]  # type, min_epochs, reduction_factor
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class MetricPoint(Base):
