@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     # Limits: each answers 413/422/429 with the figure that broke it.
     max_body_bytes: int = 32 * 1024 * 1024
     max_dataset_bytes: int = 64 * 1024 * 1024
+    # An upload's size says little about its decoded size (a 10 KB NPZ can declare 10^13 values): both caps are
+    # checked from headers (NPZ member shapes, the Parquet footer, the CSV header line) before decoding.
+    max_dataset_columns: int = 10_000
+    max_dataset_decoded_bytes: int = 512 * 1024 * 1024
     max_parameters: int = 50_000_000
     max_epochs: int = 10_000
     max_steps: int = 10_000_000
@@ -30,8 +34,22 @@ class Settings(BaseSettings):
     max_layers: int = 256
     max_page_size: int = 200
     max_predict_rows: int = 10_000
+    # /predict rows × outputs per sample: the answer is built and encoded in memory.
+    max_predict_values: int = 5_000_000
+    # A job's estimated memory (data, one batch's activations, parameters, gradients, optimizer state), and the
+    # bytes of the checkpoints it keeps; the per-field caps keep a spec's sizes within reason before any estimate.
+    max_job_memory_bytes: int = 8 * 2**30
+    max_checkpoint_bytes_per_job: int = 8 * 2**30
+    max_synthetic_features: int = 100_000
+    max_synthetic_targets: int = 10_000
+    max_conv_padding: int = 1_024
+    # One metrics read answers at most this many points; the answer's next_since_step continues it.
+    max_metric_points_per_read: int = 10_000
     max_running_jobs_per_tenant: int = 8
     max_submissions_per_minute: int = 120
+    # A sweep asks for at most this many trials, and runs at most this many at once.
+    max_sweep_trials: int = 200
+    max_sweep_parallel: int = 16
     job_time_limit_seconds: int = 6 * 3600
 
     # Leases: a running job whose heartbeat is older than lease_seconds goes back to the queue.
