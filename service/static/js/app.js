@@ -1,9 +1,9 @@
 // The dashboard's entry: hash routing (#/jobs, #/jobs/{id}, #/submit) and the API key form.
 
 import { clearKey, getKey, setKey, setUnauthorizedHandler } from "./api.js";
-import { renderJob } from "./job.js";
+import { renderJob } from "./job/page.js";
 import { renderJobs } from "./jobs.js";
-import { renderSubmit } from "./submit.js";
+import { renderSubmit } from "./submit/page.js";
 import { announce, h } from "./ui.js";
 
 const main = document.getElementById("main");
