@@ -8,8 +8,6 @@ pre- and post-processing on the same weights.
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +16,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-METADATA_KEY = "trainserve"  # where trainserve's worker stores classes (and normalization) in the file
+from service.checkpoint_format import weights_metadata_file
 
 
 def _metadata(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    return json.loads((header.get("__metadata__") or {}).get(METADATA_KEY, "{}"))
+        return weights_metadata_file(f)
 
 
 class Classifier:

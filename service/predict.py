@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -23,10 +22,10 @@ import numpy as np
 import torch
 from fastapi.exceptions import RequestValidationError
 from pydantic import Strict, ValidationError
-from safetensors.torch import load as load_safetensors
 from sqlalchemy.orm import Session
 
 from service.auth import authenticate_recent
+from service.checkpoint_format import read_weights
 from service.checkpoints import load_weights_verified, resolve_checkpoint_id
 from service.datainfo import DataInfo
 from service.db import session_scope
@@ -41,7 +40,6 @@ from service.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
-METADATA_KEY = "trainserve"
 # Bodies from this size (about 750 rows of 784 values, some 50 ms of work) are handled in a worker thread. Not
 # smaller ones: parsing holds the GIL, and handing it back and forth with the event loop cost 10-20 % of the
 # throughput of 256-row requests (1.4 MB) at concurrency 16 on 2 cores.
@@ -62,16 +60,10 @@ class LoadedModel:
     flops_per_row: int = 0  # the static check's forward FLOPs per sample: what a request costs to run
 
 
-def safetensors_metadata(raw: bytes) -> dict[str, str]:
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
-    return dict(header.get("__metadata__") or {})
-
-
 def load_model(spec: JobSpec, data: DataInfo, weights: bytes, *, flops_per_row: int = 0) -> LoadedModel:
-    meta = json.loads(safetensors_metadata(weights).get(METADATA_KEY, "{}"))
+    state_dict, meta = read_weights(weights)
     model = build_model(spec, data.input_shape)
-    model.load_state_dict(load_safetensors(weights))
+    model.load_state_dict(state_dict)
     model.eval()
     mean, std = meta.get("mean"), meta.get("std")
     return LoadedModel(

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
+from service.checkpoint_format import read_header
 from service.located import LocatedError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ TableFormat = Literal["csv", "parquet", "npz"]
 _DESCRIPTION_KEY = "trainserve.description"
 _PARQUET_MAGIC = b"PAR1"
 _ZIP_MAGIC = b"PK\x03\x04"
+_CELL_BYTES = 8  # a stored cell: float64, int64 or a category's int64 code
+# Field separators a CSV upload may use, in the order a tie is broken; the sniffer looks at this much text.
+_DELIMITERS = ",\t; "
+_SNIFF_CHARS = 64 * 1024
 
 
 class TableError(LocatedError):
@@ -77,6 +82,7 @@ class DatasetDescription:
     n_rows: int
     columns: list[ColumnInfo]
     target: list[str]
+    delimiter: str | None = None  # the field separator a CSV upload was read with (detected); None otherwise
 
     def column(self, name: str) -> ColumnInfo | None:
         return self._by_name.get(name)
@@ -91,11 +97,14 @@ class DatasetDescription:
         return [c.name for c in self.columns]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "n_rows": self.n_rows,
             "columns": [c.to_json() for c in self.columns],
             "target": list(self.target),
         }
+        if self.delimiter is not None:
+            out["delimiter"] = self.delimiter
+        return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DatasetDescription:
@@ -103,6 +112,7 @@ class DatasetDescription:
             n_rows=int(raw["n_rows"]),
             columns=[ColumnInfo.from_json(c) for c in raw["columns"]],
             target=[str(t) for t in raw["target"]],
+            delimiter=raw.get("delimiter"),
         )
 
 
@@ -129,13 +139,8 @@ class Table:
 
 
 def _safetensors_metadata(raw: bytes) -> dict[str, str]:
-    # The numpy API returns tensors only; the header is an 8-byte little-endian length then JSON.
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + header_len])
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict):
-        raise TypeError("safetensors metadata is not an object")
-    return metadata
+    # The numpy API returns tensors only; the header is read by the one safetensors reader.
+    return read_header(raw)[1]
 
 
 def detect_format(raw: bytes, *, filename: str) -> TableFormat:
@@ -154,18 +159,42 @@ def detect_format(raw: bytes, *, filename: str) -> TableFormat:
     return "csv"
 
 
-def parse_table(raw: bytes, *, filename: str, target: list[str], max_rows: int) -> Table:
+@dataclass(frozen=True)
+class TableLimits:
+    """Caps an upload is held to, checked from its headers before its values are decoded."""
+
+    max_rows: int
+    max_columns: int = 10_000
+    max_decoded_bytes: int = 512 * 1024 * 1024
+
+    def check(self, *, n_rows: int, n_columns: int, cell_bytes: int = _CELL_BYTES) -> None:
+        """Raise ``TableError`` naming the figure when n_rows x n_columns breaks a cap (rows are checked later)."""
+        if n_columns > self.max_columns:
+            raise TableError("file", f"the file has {n_columns:,} columns, the limit is {self.max_columns:,} "
+                                     "(TRAINSERVE_MAX_DATASET_COLUMNS)")
+        decoded = n_rows * n_columns * max(cell_bytes, _CELL_BYTES)
+        if decoded > self.max_decoded_bytes:
+            raise TableError("file", f"the file decodes to {decoded:,} bytes ({n_rows:,} rows x {n_columns:,} "
+                                     f"columns), the limit is {self.max_decoded_bytes:,} "
+                                     "(TRAINSERVE_MAX_DATASET_DECODED_BYTES)")
+
+
+def parse_table(raw: bytes, *, filename: str, target: list[str], max_rows: int,
+                limits: TableLimits | None = None) -> Table:
     """Parse an upload into typed columns and describe it; every problem raises ``TableError``."""
+    limits = limits or TableLimits(max_rows=max_rows)
     if not raw:
         raise TableError("file", "the file is empty")
     fmt = detect_format(raw, filename=filename)
+    delimiter: str | None = None
     if fmt == "csv":
-        sep = "\t" if filename.lower().endswith(".tsv") else ","
-        columns, first_line = _read_csv(raw, sep=sep, max_rows=max_rows), 2  # line 1 is the header
+        forced = "\t" if filename.lower().endswith(".tsv") else None
+        columns, delimiter = _read_csv(raw, sep=forced, max_rows=max_rows, limits=limits)
+        first_line = 2  # line 1 is the header
     elif fmt == "parquet":
-        columns, first_line = _read_parquet(raw), 0
+        columns, first_line = _read_parquet(raw, limits=limits), 0
     else:
-        columns, first_line = _read_npz(raw), 0
+        columns, first_line = _read_npz(raw, limits=limits), 0
     if not columns:
         raise TableError("file", "the file has no columns")
     n_rows = len(next(iter(columns.values())))
@@ -194,29 +223,34 @@ def parse_table(raw: bytes, *, filename: str, target: list[str], max_rows: int) 
         typed[name] = array
         infos.append(info)
     log.info("dataset.parsed format=%s rows=%d columns=%d", fmt, n_rows, len(typed))
-    return Table(columns=typed, description=DatasetDescription(n_rows=n_rows, columns=infos, target=targets))
+    description = DatasetDescription(n_rows=n_rows, columns=infos, target=targets, delimiter=delimiter)
+    return Table(columns=typed, description=description)
 
 
 # --- readers: each returns {column name: 1-D array}, object arrays for text --------------------------
 
 
-def _read_csv(raw: bytes, *, sep: str, max_rows: int) -> dict[str, np.ndarray]:
+def _read_csv(raw: bytes, *, sep: str | None, max_rows: int,
+              limits: TableLimits) -> tuple[dict[str, np.ndarray], str]:
+    """Columns of a CSV and the delimiter they were split on (``sep``, else detected)."""
     import pandas as pd  # imported here so that describing a spec never pays for pandas
 
+    text = _csv_text(raw)
+    sep = sep or _sniff_delimiter(text)
+    header = _check_csv_shape(text, sep=sep, max_rows=max_rows, limits=limits)
     try:
         # One row past the limit is enough to know the limit is broken without parsing a huge file.
-        frame = pd.read_csv(io.BytesIO(raw), sep=sep, nrows=max_rows + 1, skipinitialspace=True)
+        frame = pd.read_csv(io.StringIO(text), sep=sep, nrows=max_rows + 1, skipinitialspace=True, index_col=False)
     except pd.errors.EmptyDataError as exc:
         raise TableError("file", "the CSV file is empty") from exc
     except pd.errors.ParserError as exc:
         match = re.search(r"line (\d+)", str(exc))
         loc = f"file: line {match.group(1)}" if match else "file"
         raise TableError(loc, f"not a valid CSV file: {_first_line(exc)}") from exc
-    except (UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:
         raise TableError("file", f"not a valid CSV file: {_first_line(exc)}") from exc
     names = [str(c) for c in frame.columns]
     # pandas renames a repeated header ("a", "a.1"); the raw header line shows the repeat.
-    header = next(csv.reader([raw.split(b"\n", 1)[0].decode("utf-8", "replace")], delimiter=sep), [])
     counts = Counter(h.strip() for h in header)
     repeated = sorted(h for h, n in counts.items() if n > 1)
     if repeated:
@@ -226,15 +260,68 @@ def _read_csv(raw: bytes, *, sep: str, max_rows: int) -> dict[str, np.ndarray]:
     unnamed = [n for n in names if n.startswith("Unnamed: ")]
     if unnamed:
         raise TableError("file: line 1", f"the header row has {len(unnamed)} empty column name(s)")
-    return {name: frame[col].to_numpy() for name, col in zip(names, frame.columns)}
+    return {name: frame[col].to_numpy() for name, col in zip(names, frame.columns)}, sep
 
 
-def _read_parquet(raw: bytes) -> dict[str, np.ndarray]:
+def _csv_text(raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TableError("file", f"not a valid CSV file: not UTF-8 text (byte {exc.start})") from exc
+    # Old Mac files end lines with a lone CR, which both csv readers would take as one long line.
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def _sniff_delimiter(text: str) -> str:
+    """The separator of a CSV's sample: comma, tab, semicolon or space; a comma when nothing else fits."""
+    sample = text[:_SNIFF_CHARS]
+    if len(text) > _SNIFF_CHARS and "\n" in sample:
+        sample = sample[: sample.rindex("\n")]  # whole lines only: a cut row would look ragged
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=_DELIMITERS).delimiter
+    except csv.Error:
+        return ","  # one column, or nothing consistent: the sniffer cannot choose
+
+
+def _check_csv_shape(text: str, *, sep: str, max_rows: int, limits: TableLimits) -> list[str]:
+    """The header's names, once every row has as many fields as the header and the caps hold.
+
+    pandas takes surplus leading fields as an index and fills missing trailing fields with NaN, so a row with
+    another field count would silently lose or invent values: it is refused here, with its line number.
+    """
+    reader = csv.reader(io.StringIO(text), delimiter=sep, skipinitialspace=True)
+    try:
+        header = next(reader, [])
+        if not header:
+            raise TableError("file", "the CSV file is empty")
+        width = len(header)
+        limits.check(n_rows=min(text.count("\n"), max_rows + 1), n_columns=width)
+        for i, row in enumerate(reader):
+            if i > max_rows:
+                break
+            if row and len(row) != width:
+                raise TableError(
+                    f"file: line {reader.line_num}",
+                    f"not a valid CSV file: line {reader.line_num} has {len(row)} fields, the header (line 1) has {width} "
+                    f"(fields split on {_DELIMITER_NAMES[sep]})",
+                )
+    except csv.Error as exc:
+        raise TableError(f"file: line {reader.line_num}", f"not a valid CSV file: {_first_line(exc)}") from exc
+    return header
+
+
+_DELIMITER_NAMES = {",": "commas", "\t": "tabs", ";": "semicolons", " ": "spaces"}
+
+
+def _read_parquet(raw: bytes, *, limits: TableLimits) -> dict[str, np.ndarray]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        arrow = pq.read_table(io.BytesIO(raw))
+        parquet = pq.ParquetFile(io.BytesIO(raw))
+        # The footer declares the shape: the caps hold before a value is decompressed.
+        limits.check(n_rows=parquet.metadata.num_rows, n_columns=parquet.metadata.num_columns)
+        arrow = parquet.read()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise TableError("file", f"not a valid Parquet file: {_first_line(exc)}") from exc
     out: dict[str, np.ndarray] = {}
@@ -245,7 +332,51 @@ def _read_parquet(raw: bytes) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_npz(raw: bytes) -> dict[str, np.ndarray]:
+def _npz_headers(raw: bytes) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Each member's (shape, dtype) from its .npy header alone: nothing is decompressed past the header."""
+    headers: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        for member in archive.infolist():
+            if member.is_dir():
+                continue
+            key = member.filename.removesuffix(".npy")
+            if not member.filename.endswith(".npy"):
+                raise TableError("file", f"member {member.filename!r} is not a NumPy array (.npy); "
+                                         "an .npz upload holds one array per column group")
+            with archive.open(member) as stream:
+                version = np.lib.format.read_magic(stream)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+                else:
+                    raise TableError("file", f"array {key!r} has .npy format version {version}; 1.0 or 2.0 are read")
+            if dtype.hasobject:
+                raise TableError("file", f"array {key!r} holds Python objects, which only pickle could load; "
+                                         "pickled data is never loaded")
+            headers[key] = (tuple(int(n) for n in shape), dtype)
+    return headers
+
+
+def _check_npz_caps(headers: dict[str, tuple[tuple[int, ...], np.dtype[Any]]], limits: TableLimits) -> None:
+    n_columns, rows, cell_bytes = 0, 0, _CELL_BYTES
+    for key, (shape, dtype) in headers.items():
+        if len(shape) not in (1, 2):
+            raise TableError("file", f"array {key!r} has shape {list(shape)}; arrays must be 1-D or 2-D")
+        n_columns += 1 if len(shape) == 1 else shape[1]
+        rows, cell_bytes = max(rows, shape[0]), max(cell_bytes, dtype.itemsize)
+    limits.check(n_rows=rows, n_columns=n_columns, cell_bytes=cell_bytes)
+
+
+def _read_npz(raw: bytes, *, limits: TableLimits) -> dict[str, np.ndarray]:
+    try:
+        headers = _npz_headers(raw)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if raw.startswith(b"\x93NUMPY"):
+            raise TableError(
+                "file", "an .npy file holds one array; upload an .npz archive with one array per column") from exc
+        raise TableError("file", f"not a valid NPZ file: {_first_line(exc)}") from exc
+    _check_npz_caps(headers, limits)
     try:
         archive = np.load(io.BytesIO(raw), allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -264,10 +395,8 @@ def _read_npz(raw: bytes) -> dict[str, np.ndarray]:
                 raise TableError("file", f"array {key!r} is damaged: {_first_line(exc)}") from exc
             if array.ndim == 1:
                 parts = {key: array}
-            elif array.ndim == 2:
+            else:  # the headers proved every array 1-D or 2-D
                 parts = {f"{key}{i}": array[:, i] for i in range(array.shape[1])}
-            else:
-                raise TableError("file", f"array {key!r} has shape {list(array.shape)}; arrays must be 1-D or 2-D")
             for name, column in parts.items():
                 if name in out:
                     raise TableError("file", f"two arrays give a column named {name!r}")

@@ -14,30 +14,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import safetensors.torch
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from service import spec as S
+from service.checkpoint_format import read_state, read_weights, write_state, write_weights
 from service.plan import StepPlan, plan_steps
 from service.spec import JobSpec, Training
 from worker.data import TrainData
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_METADATA_KEY = "trainserve"  # service.predict reads the same key
-STATE_METADATA_KEY = "trainserve_state"
 STATE_FORMAT = 1
 
 # Points are handed to on_points in batches: at each epoch end, and mid-epoch once this many logged steps
@@ -240,45 +236,6 @@ def plan_for(training: Training, n_train: int, n_val: int) -> StepPlan:
 # --- checkpoint blobs -----------------------------------------------------------------------------------
 
 
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-
-def _safetensors_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """The safetensors layout written directly: 8-byte header length, JSON header, raw little-endian data.
-
-    ``safetensors.torch.save`` spends tens of microseconds per tensor in numpy glue, which made a checkpoint
-    of a small model cost more than a training step; the bytes here read back with ``safetensors.torch.load``.
-    """
-    header: dict[str, Any] = {"__metadata__": metadata}
-    raw: list[torch.Tensor] = []
-    offset = 0
-    for name, tensor in tensors.items():
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        header[name] = {
-            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + data.numel()],
-        }
-        offset += data.numel()
-        raw.append(data)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the format pads the header to keep the data 8-byte aligned
-    # join reads the arrays through the buffer protocol: the tensor bytes are copied once, into the result.
-    parts: list[bytes | memoryview] = [struct.pack("<Q", len(head)), head]
-    parts += [t.numpy().data for t in raw]
-    return b"".join(parts)
-
-
-def _safetensors_metadata(raw: bytes) -> dict[str, str]:
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
-    return dict(header.get("__metadata__") or {})
-
-
 def pack_weights(model: nn.Module, data: TrainData, *, step: int, epoch: int) -> bytes:
     tensors = dict(model.state_dict())
     meta = {
@@ -290,13 +247,12 @@ def pack_weights(model: nn.Module, data: TrainData, *, step: int, epoch: int) ->
         "step": step,
         "epoch": epoch,
     }
-    return _safetensors_save(tensors, {WEIGHTS_METADATA_KEY: json.dumps(meta)})
+    return write_weights(tensors, meta)
 
 
 def load_weights(weights: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A checkpoint's state_dict (CPU tensors) and its trainserve metadata (task, classes, mean, std, ...)."""
-    meta = _safetensors_metadata(weights).get(WEIGHTS_METADATA_KEY)
-    return safetensors.torch.load(weights), (json.loads(meta) if meta else {})
+    return read_weights(weights)
 
 
 def _pack_state(
@@ -326,17 +282,14 @@ def _pack_state(
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         **loop,
     }
-    return _safetensors_save(tensors, {STATE_METADATA_KEY: json.dumps(meta)})
+    return write_state(tensors, meta)
 
 
 def _unpack_state(state: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    raw = _safetensors_metadata(state).get(STATE_METADATA_KEY)
-    if raw is None:
-        raise ValueError("not a trainserve training state: its safetensors metadata has no loop state")
-    meta = json.loads(raw)
+    tensors, meta = read_state(state)
     if meta.get("format") != STATE_FORMAT:
         raise ValueError(f"training state format {meta.get('format')} is not {STATE_FORMAT}")
-    return safetensors.torch.load(state), meta
+    return tensors, meta
 
 
 def _optimizer_state_dict(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
