@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from service.datainfo import DataInfo
 from service.nets import Issue, Limits, ShapeError, SpecReport, build_model, check_spec, task_kind
 from service.settings import Settings
 from service.spec import SEED_EXAMPLE, JobSpec
+from tests.conftest import LiveServer
 
 SEED_LAYERS = SEED_EXAMPLE["model"]["layers"]
 DIGITS_CNN: list[dict[str, Any]] = [
@@ -511,6 +513,93 @@ def test_epoch_step_and_row_caps() -> None:
 
     report = errors_of(make_spec(SEED_LAYERS), info(n_rows=101), limits)
     assert the_issue(report.errors, "data").msg == "the data has 101 rows, more than the limit of 100"
+
+
+# --- resource caps: memory, checkpoints, sizes --------------------------------------------------------
+
+AVG_POOL_BOMB: dict[str, Any] = {  # issue 16: 2 parameters, 10 GB of data
+    "layers": [{"type": "AvgPool1d", "kernel_size": 100_000}, {"type": "Flatten"}, {"type": "Linear", "out_features": 1}],
+    "data": {"source": "synthetic", "kind": "regression", "n_samples": 25_000, "n_features": 100_000,
+             "input_shape": [1, 100_000]},
+}
+
+
+def test_a_job_whose_data_outgrows_the_memory_cap_is_refused_at_data_without_allocating_it() -> None:
+    spec = make_spec(AVG_POOL_BOMB["layers"], data=AVG_POOL_BOMB["data"])
+    tracemalloc.start()
+    try:
+        report = errors_of(spec, info((1, 100_000), n_rows=25_000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20  # the check reasons about 10 GB without holding any of it
+    assert report.total_params == 2 and report.memory_bytes > 10_000_000_000
+    issue = the_issue(report.errors, "data")
+    assert f"{report.memory_bytes:,} bytes" in issue.msg and "the limit of 8,589,934,592 bytes" in issue.msg
+    assert "data 10,000,100,000 bytes" in issue.msg
+
+
+def test_memory_estimate_counts_the_data_rows_and_targets() -> None:
+    small = check_spec(make_spec(SEED_LAYERS), info(n_rows=64)).memory_bytes
+    large = check_spec(make_spec(SEED_LAYERS), info(n_rows=1064)).memory_bytes
+    assert large - small == 1000 * (32 + 1) * 4  # float32 features and one float32 target per row
+
+
+def test_activations_past_the_memory_cap_name_the_widest_layer() -> None:
+    layers = [{"type": "Conv2d", "out_channels": 512, "kernel_size": 3, "padding": 1}, {"type": "ReLU"},
+              {"type": "Flatten"}, {"type": "Linear", "out_features": 1}]
+    data = info((1, 64, 64), n_rows=4096)
+    spec = make_spec(layers, training={"batch_size": 4096})
+    report = errors_of(spec, data, Limits(max_job_memory_bytes=2**30))
+    issue = the_issue(report.errors, "model.layers[0]")
+    assert "activations of one batch of 4,096" in issue.msg and "the limit of 1,073,741,824 bytes" in issue.msg
+    assert check_spec(make_spec(layers, training={"batch_size": 8}), data, limits=Limits(max_job_memory_bytes=2**30)).ok
+
+
+def test_keeping_too_many_checkpoints_is_refused_with_their_bytes() -> None:
+    layers = [{"type": "Linear", "out_features": 10_000}, {"type": "Linear", "out_features": 1}]
+    spec = make_spec(layers, training={"checkpoint": {"keep_last": 100_000}})
+    report = errors_of(spec, info((4000,)))
+    issue = the_issue(report.errors, "training.checkpoint.keep_last")
+    per_checkpoint = report.total_params * 4 * 3  # weights and Adam's two moments
+    assert f"{per_checkpoint:,} bytes" in issue.msg and f"{per_checkpoint * 100_001:,} bytes" in issue.msg
+    assert check_spec(make_spec(layers, training={"checkpoint": {"keep_last": 3}}), info((4000,))).ok
+
+
+@pytest.mark.parametrize(
+    ("data", "layers", "loc", "figure"),
+    [
+        ({"source": "synthetic", "n_features": 100_001}, SEED_LAYERS, "data.n_features", "100,001"),
+        ({"source": "synthetic", "n_targets": 10_001}, SEED_LAYERS, "data.n_targets", "10,001"),
+        ({"source": "synthetic", "n_features": 64, "input_shape": [1, 64]},
+         [{"type": "Conv1d", "out_channels": 1, "kernel_size": 3, "padding": [2000]}, {"type": "Flatten"},
+          {"type": "Linear", "out_features": 1}], "model.layers[0].padding", "2,000"),
+    ],
+)
+def test_synthetic_sizes_and_conv_padding_have_caps(data: dict[str, Any], layers: list[Any], loc: str,
+                                                     figure: str) -> None:
+    spec = make_spec(layers, data=data)
+    report = check_spec(spec, info())
+    assert figure in the_issue(report.errors, loc).msg and not report.ok
+
+
+def test_every_cap_is_a_setting() -> None:
+    settings = Settings(max_job_memory_bytes=123, max_checkpoint_bytes_per_job=456, max_synthetic_features=7,
+                        max_synthetic_targets=8, max_conv_padding=9)
+    limits = Limits.from_settings(settings)
+    assert (limits.max_job_memory_bytes, limits.max_checkpoint_bytes_per_job, limits.max_synthetic_features,
+            limits.max_synthetic_targets, limits.max_conv_padding) == (123, 456, 7, 8, 9)
+
+
+def test_post_jobs_refuses_a_job_past_the_memory_cap_with_422_naming_the_figure(embedded_server: LiveServer) -> None:
+    spec = {**SEED_EXAMPLE, "model": {"layers": AVG_POOL_BOMB["layers"]}, "data": AVG_POOL_BOMB["data"]}
+    with embedded_server.client() as client:
+        response = client.post("/jobs", json=spec)
+        assert response.status_code == 422, response.text
+        errors = {error["loc"]: error["msg"] for error in response.json()["errors"]}
+        assert "the limit of 8,589,934,592 bytes" in errors["data"]
+        report = client.post("/jobs/validate", json=spec).json()
+        assert not report["ok"] and report["memory_bytes"] > 10_000_000_000
 
 
 # --- training settings --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ class MemoryEstimate:
     activations: int
     state: int  # parameters, gradients, optimizer state and buffers
     widest_layer: int | None  # the layer whose output holds the most values; None: the input itself
+    batch: int  # rows per batch the activations were counted for
 
     @property
     def total(self) -> int:
@@ -59,7 +60,8 @@ def estimate_memory(spec: JobSpec, data: DataInfo, walk: Walk, *, params: int, b
     for layer in walk.reports:
         if math.prod(layer.output_shape) > widest_values:
             widest, widest_values = layer.index, math.prod(layer.output_shape)
-    return MemoryEstimate(data=data_bytes(spec, data), activations=activations, state=state, widest_layer=widest)
+    return MemoryEstimate(data=data_bytes(spec, data), activations=activations, state=state, widest_layer=widest,
+                          batch=batch)
 
 
 def checkpoint_bytes(spec: JobSpec, walk: Walk, *, params: int) -> int:

@@ -207,7 +207,7 @@ def _check_memory(spec: JobSpec, memory: MemoryEstimate, checkpoint: int, limits
                 _memory_loc(memory),
                 f"the job needs an estimated {bytes_text(memory.total)} of memory, more than the limit of"
                 f" {bytes_text(limits.max_job_memory_bytes)}: data {bytes_text(memory.data)}, activations of one"
-                f" batch of {spec.training.batch_size} {bytes_text(memory.activations)}, parameters, gradients and"
+                f" batch of {memory.batch:,} {bytes_text(memory.activations)}, parameters, gradients and"
                 f" optimizer state {bytes_text(memory.state)}",
             )
         )
