@@ -153,7 +153,12 @@ def test_workers_lists_the_live_worker_with_its_queue(embedded_server: LiveServe
     listed = run_cli("workers", "--json", server=embedded_server)
     assert listed.returncode == EXIT_OK, listed.stderr
     workers = json.loads(listed.stdout)
-    assert len(workers) == 1  # `up` runs one worker; on this CPU-only machine it consumes the cpu queue only
-    assert workers[0]["queues"] == ["cpu"] and workers[0]["device"] == "cpu"
+    assert len(workers) == 1  # `up` runs one worker, on the gpu queue too where this host has CUDA
+    import torch  # what the server's worker sees: it runs on this host with this environment
+
+    if torch.cuda.is_available():
+        assert workers[0]["queues"] == ["gpu", "cpu"] and workers[0]["device"].startswith("cuda: ")
+    else:
+        assert workers[0]["queues"] == ["cpu"] and workers[0]["device"] == "cpu"
     table = run_cli("workers", server=embedded_server)
     assert workers[0]["name"] in table.stdout
