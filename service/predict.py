@@ -8,17 +8,17 @@ the caches for the requests after it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
-import numpy as np
 import torch
 from fastapi.exceptions import RequestValidationError
 from pydantic import Strict, ValidationError
@@ -30,11 +30,13 @@ from service.checkpoints import load_weights_verified, resolve_checkpoint_id
 from service.datainfo import DataInfo
 from service.db import session_scope
 from service.errors import SpecError
+from service.inputs import parse_inputs, prepare_inputs
 from service.jobs import get_job_or_raise
-from service.models import FINISHED_STATUSES
-from service.nets import build_model, task_kind
+from service.models import FINISHED_STATUSES, Job
+from service.nets import build_model, check_spec, task_kind
 from service.observability import MODEL_CACHE_HITS, MODEL_CACHE_MISSES, PREDICT_ROWS, PREDICT_SECONDS
 from service.schemas import PredictRequest, PredictResponse
+from service.registry import resolve_predict_request
 from service.settings import Settings
 from service.spec import JobSpec
 
@@ -47,6 +49,9 @@ INLINE_MAX_BYTES = 4 * 1024 * 1024
 # A hot model runs on the event loop only while the forward pass is short (5e8 FLOPs: some 10-20 ms on one core,
 # e.g. 256 rows of a 784-512-256-10 MLP); a bigger model or batch would stall every other request meanwhile.
 INLINE_MAX_FLOPS = 5e8
+# ... and only while the answer is small: building and encoding its floats holds the loop as long as the
+# forward pass of a big model would (50M values took 24 s), even for a model that computes nothing.
+INLINE_MAX_VALUES = 100_000
 
 
 @dataclass
@@ -58,9 +63,11 @@ class LoadedModel:
     std: torch.Tensor | None
     input_shape: tuple[int, ...]
     flops_per_row: int = 0  # the static check's forward FLOPs per sample: what a request costs to run
+    outputs_per_row: int = 1  # values the model emits per sample: what an answer costs to build and send
 
 
-def load_model(spec: JobSpec, data: DataInfo, weights: bytes, *, flops_per_row: int = 0) -> LoadedModel:
+def load_model(spec: JobSpec, data: DataInfo, weights: bytes, *, flops_per_row: int = 0,
+               outputs_per_row: int = 1) -> LoadedModel:
     state_dict, meta = read_weights(weights)
     model = build_model(spec, data.input_shape)
     model.load_state_dict(state_dict)
@@ -74,6 +81,7 @@ def load_model(spec: JobSpec, data: DataInfo, weights: bytes, *, flops_per_row: 
         std=torch.tensor(std, dtype=torch.float32) if std is not None else None,
         input_shape=tuple(data.input_shape),
         flops_per_row=flops_per_row,
+        outputs_per_row=outputs_per_row,
     )
 
 
@@ -99,6 +107,9 @@ class ModelCache:
         # At most a few per model (its job's "best", "latest" and id), dropped with the model.
         self._lookups: dict[tuple[str, str, str], _Lookup] = {}
         self._lock = threading.Lock()
+        # One lock per key being loaded, and how many threads hold or wait on it: concurrent misses of one model
+        # load it once (the first loads, the others wait and find it cached), misses of others do not wait.
+        self._loading: dict[str, tuple[threading.Lock, int]] = {}
 
     def get(self, key: str) -> LoadedModel | None:
         with self._lock:
@@ -107,6 +118,37 @@ class ModelCache:
                 self._items.move_to_end(key)
         (MODEL_CACHE_HITS if item is not None else MODEL_CACHE_MISSES).inc()
         return item
+
+    def get_or_load(self, key: str, load: Callable[[], LoadedModel]) -> tuple[LoadedModel, bool]:
+        """The cached model, else ``load()``'s, loaded once however many threads miss it at the same time.
+        Returns the model and whether it came from the cache."""
+        item = self.get(key)
+        if item is not None:
+            return item, True
+        with self._load_lock(key):
+            with self._lock:
+                item = self._items.get(key)  # loaded by the thread this one waited for
+            if item is not None:
+                return item, True
+            item = load()
+            self.put(key, item)
+            return item, False
+
+    @contextmanager
+    def _load_lock(self, key: str) -> Iterator[None]:
+        with self._lock:
+            lock, users = self._loading.get(key, (threading.Lock(), 0))
+            self._loading[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._loading[key]
+                if users == 1:
+                    del self._loading[key]
+                else:
+                    self._loading[key] = (lock, users - 1)
 
     def put(self, key: str, item: LoadedModel) -> None:
         with self._lock:
@@ -131,104 +173,8 @@ class ModelCache:
         return None if loaded is None else (found.checkpoint_id, loaded)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def parse_inputs(inputs: list[Any], *, input_shape: tuple[int, ...], max_rows: int,
-                 numbers_checked: bool = False) -> torch.Tensor:
-    """Rows of numbers -> a float tensor (n, *input_shape); every problem names its inputs[i][j] path.
-    `numbers_checked`: the parser already proved every value a number (see NumberRows)."""
-    if not inputs:
-        raise SpecError("inputs is empty", [{"loc": "inputs", "msg": "give at least one row"}])
-    if len(inputs) > max_rows:
-        raise SpecError("too many rows", [{"loc": "inputs", "msg": f"{len(inputs)} rows, the limit is {max_rows}"}])
-    width = math.prod(input_shape)
-    fast = _plain_tensor(inputs, width, numbers_checked=numbers_checked)
-    if fast is not None:
-        return fast
-    errors: list[dict[str, str]] = []
-    rows: list[list[float]] = []
-    for i, row in enumerate(inputs):
-        flat = _flatten(row)
-        if flat is None:
-            errors.append({"loc": f"inputs[{i}]", "msg": "expected a list of numbers"})
-            continue
-        if len(flat) != width:
-            errors.append({"loc": f"inputs[{i}]", "msg": f"expected {width} values, got {len(flat)}"})
-            continue
-        for j, value in enumerate(flat):
-            if not _is_number(value):
-                errors.append({"loc": f"inputs[{i}][{j}]", "msg": f"not a number: {json.dumps(value)[:40]}"})
-            elif not _finite_float32(value):
-                errors.append({"loc": f"inputs[{i}][{j}]", "msg": "not a finite number"})
-        rows.append(flat)
-        if len(errors) >= 20:
-            break
-    if errors:
-        raise SpecError(f"{len(errors)} problem(s) in inputs: " + "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:3]),
-                        errors)
-    return torch.tensor(rows, dtype=torch.float32)
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _finite_float32(value: float) -> bool:
-    """Models run in float32: a value beyond its range would reach them as inf (an int past float64's range
-    cannot even be converted)."""
-    try:
-        return abs(float(value)) <= FLOAT32_MAX  # False for nan and inf too
-    except OverflowError:
-        return False
-
-
-def _flatten(row: Any) -> list[Any] | None:
-    if not isinstance(row, list):
-        return None
-    out: list[Any] = []
-    for value in row:
-        if isinstance(value, list):
-            inner = _flatten(value)
-            if inner is None:
-                return None
-            out.extend(inner)
-        else:
-            out.append(value)
-    return out
-
-
-_NUMBER_TYPES = frozenset({int, float})  # exact types: bool, a subclass of int, is not a number here
-
-
-def _plain_tensor(inputs: list[Any], width: int, *, numbers_checked: bool) -> torch.Tensor | None:
-    """The common case, well-formed rows of finite numbers, without a Python loop over every value (numpy
-    converts the lists in C); None for anything else, which the checks above then name value by value."""
-    # numpy would quietly turn booleans and numeric strings into numbers: they must be ruled out first.
-    if not numbers_checked and not _only_numbers(inputs):
-        return None
-    try:
-        with np.errstate(over="ignore"):  # values beyond float32 become inf and fail the finite check below
-            array = np.array(inputs, dtype=np.float32)
-    except (ValueError, OverflowError):  # ragged rows, integers too large
-        return None
-    if array.ndim < 2 or array[0].size != width or not np.isfinite(array).all():
-        return None
-    return torch.from_numpy(array.reshape(len(inputs), width))
-
-
-def _only_numbers(values: list[Any]) -> bool:
-    """Every leaf of nested lists is an int or a float: one C-level pass (set of types) per list."""
-    types = set(map(type, values))
-    if types <= _NUMBER_TYPES:
-        return True
-    return types == {list} and all(_only_numbers(v) for v in values)
-
-
 def run_model(loaded: LoadedModel, x: torch.Tensor) -> dict[str, Any]:
-    if loaded.mean is not None and loaded.std is not None:
-        x = (x - loaded.mean) / loaded.std
-    x = x.reshape(x.shape[0], *loaded.input_shape)
+    x = prepare_inputs(x, mean=loaded.mean, std=loaded.std, input_shape=loaded.input_shape)
     with torch.inference_mode():
         out = loaded.model(x).float()
     if loaded.task == "classification":
@@ -260,18 +206,41 @@ async def predict(raw: bytes, *, authorization: str | None, cache: ModelCache,
                   settings: Settings) -> tuple[str, bool]:
     """POST /predict: the JSON answer (PredictResponse, None fields left out) and whether the model was cached.
 
-    A body under INLINE_MAX_BYTES for a hot model whose forward pass is cheap (INLINE_MAX_FLOPS) is answered on
-    the event loop, as a bare FastAPI handler would; anything bigger in a worker thread, so that it does not
-    stall every other request for the whole of its work. Database lookups always run in a worker thread.
+    A body under INLINE_MAX_BYTES for a hot model whose forward pass is cheap (INLINE_MAX_FLOPS) and whose
+    answer is small (INLINE_MAX_VALUES) is answered on the event loop, as a bare FastAPI handler would; anything
+    bigger in a worker thread, so that it does not stall every other request for the whole of its work. Database
+    lookups always run in a worker thread.
     """
     tenant = await authenticate_recent(authorization, ttl=settings.predict_cache_seconds)
     if len(raw) >= INLINE_MAX_BYTES:
-        return await anyio.to_thread.run_sync(lambda: _answer(parse_request(raw), tenant, cache, settings))
-    request = parse_request(raw)
+        big = await _by_job(await anyio.to_thread.run_sync(parse_request, raw), tenant=tenant, settings=settings)
+        return await anyio.to_thread.run_sync(lambda: _answer(big, tenant, cache, settings))
+    request = await _by_job(parse_request(raw), tenant=tenant, settings=settings)
     hot = cache.hot(tenant, request.job_id, request.checkpoint)
-    if hot is not None and hot[1].flops_per_row * len(request.inputs) <= INLINE_MAX_FLOPS:
+    if hot is not None and _cheap(hot[1], rows=len(request.inputs)):
         return _hot_answer(request, hot, settings)
     return await anyio.to_thread.run_sync(lambda: _answer(request, tenant, cache, settings, hot=hot))
+
+
+async def _by_job(request: PredictRequest, *, tenant: str, settings: Settings) -> PredictRequest:
+    """A body naming a model ("name@alias") or sending records, as the (job_id, checkpoint, inputs) it means."""
+    if request.model is None and request.records is None and request.job_id is not None and request.inputs is not None:
+        return request  # the common body: nothing to resolve
+    return await resolve_predict_request(request, tenant=tenant, ttl=settings.predict_cache_seconds)
+
+
+def _cheap(loaded: LoadedModel, *, rows: int) -> bool:
+    return loaded.flops_per_row * rows <= INLINE_MAX_FLOPS and loaded.outputs_per_row * rows <= INLINE_MAX_VALUES
+
+
+def check_output_size(*, rows: int, outputs_per_row: int, max_values: int) -> None:
+    """Refuse, before the forward pass, an answer of more than `max_values` values (rows × outputs per row)."""
+    if rows * outputs_per_row > max_values:
+        raise SpecError("the answer would be too large", [{
+            "loc": "inputs",
+            "msg": f"{rows:,} rows × {outputs_per_row:,} outputs is {rows * outputs_per_row:,} values, more than the"
+                   f" limit of {max_values:,}; send at most {max(max_values // outputs_per_row, 1):,} rows per request",
+        }])
 
 
 def _hot_answer(request: PredictRequest, hot: tuple[str, LoadedModel], settings: Settings) -> tuple[str, bool]:
@@ -279,6 +248,7 @@ def _hot_answer(request: PredictRequest, hot: tuple[str, LoadedModel], settings:
     started = time.perf_counter()
     checkpoint_id, loaded = hot
     x = _request_tensor(request, input_shape=loaded.input_shape, max_rows=settings.max_predict_rows)
+    check_output_size(rows=x.shape[0], outputs_per_row=loaded.outputs_per_row, max_values=settings.max_predict_values)
     return _finish(_respond(loaded, x, job_id=request.job_id, checkpoint_id=checkpoint_id), hit=True, started=started)
 
 
@@ -329,28 +299,40 @@ def _predict_from_database(*, tenant: str, request: PredictRequest, cache: Model
                            settings: Settings) -> tuple[PredictResponse, bool]:
     # Read-only: /predict writes nothing, and on SQLite a read transaction takes no write lock.
     with session_scope(read_only=True) as session:
-        return predict_from_database(session, tenant=tenant, request=request, cache=cache,
-                                     max_rows=settings.max_predict_rows,
-                                     remember_seconds=settings.predict_cache_seconds)
+        return predict_from_database(session, tenant=tenant, request=request, cache=cache, settings=settings)
+
+
+def _outputs_per_row(job: Job, spec: JobSpec, data: DataInfo) -> int:
+    """Values the model emits per sample, from the static check's report (a job's report always has it; older
+    rows without one are walked again, which builds nothing)."""
+    shape = (job.report or {}).get("output_shape")
+    if not shape:
+        shape = check_spec(spec, data).output_shape or [1]
+    return math.prod(int(size) for size in shape)
 
 
 def predict_from_database(session: Session, *, tenant: str, request: PredictRequest, cache: ModelCache,
-                          max_rows: int, remember_seconds: float) -> tuple[PredictResponse, bool]:
+                          settings: Settings) -> tuple[PredictResponse, bool]:
     """Returns the response and whether the model came from the cache; a finished job's lookup is remembered
-    for `remember_seconds` so the next requests for it skip the database."""
+    for `predict_cache_seconds` so the next requests for it skip the database."""
     job = get_job_or_raise(session, tenant=tenant, job_id=request.job_id)
     checkpoint_id = resolve_checkpoint_id(job, request.checkpoint)
     data = DataInfo.from_json(job.data_info)
-    x = _request_tensor(request, input_shape=data.input_shape, max_rows=max_rows)
-    key = f"{job.id}:{checkpoint_id}"
-    loaded = cache.get(key)
-    hit = loaded is not None
-    if loaded is None:
+    spec = JobSpec.model_validate(job.spec)
+    x = _request_tensor(request, input_shape=data.input_shape, max_rows=settings.max_predict_rows)
+    outputs = _outputs_per_row(job, spec, data)
+    check_output_size(rows=x.shape[0], outputs_per_row=outputs, max_values=settings.max_predict_values)
+
+    def load() -> LoadedModel:
         weights, _ = load_weights_verified(session, job=job, checkpoint_id=checkpoint_id)
-        loaded = load_model(JobSpec.model_validate(job.spec), data, weights,
-                            flops_per_row=int((job.report or {}).get("flops_per_sample") or 0))
-        cache.put(key, loaded)
+        loaded = load_model(spec, data, weights, flops_per_row=int((job.report or {}).get("flops_per_sample") or 0),
+                            outputs_per_row=outputs)
         log.info("predict.model_loaded job_id=%s checkpoint_id=%s", job.id, checkpoint_id)
+        return loaded
+
+    key = f"{job.id}:{checkpoint_id}"
+    loaded, hit = cache.get_or_load(key, load)
+    remember_seconds = settings.predict_cache_seconds
     if job.status in FINISHED_STATUSES and remember_seconds > 0:
         cache.remember(tenant, job.id, request.checkpoint, checkpoint_id=checkpoint_id, model_key=key,
                        ttl=remember_seconds)

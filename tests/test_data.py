@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from service.datainfo import DataInfo, DataSpecError, describe_data, features_look_unnormalized
+from service.errors import SpecError
+from service.inputs import parse_inputs, prepare_inputs
 from service.spec import SEED_EXAMPLE, JobSpec
 from service.tabular import Table, TableError, parse_table
-from worker.data import TrainData, load_data, prepare_inputs
+from worker.data import TrainData, load_data
 
 
 def make_spec(data: dict[str, Any], *, loss: str = "MSELoss", **training: Any) -> JobSpec:
@@ -222,7 +224,9 @@ def test_normalization_uses_training_rows_only_and_predict_reproduces_it() -> No
     assert not torch.allclose(norm.mean, all_rows)
     assert norm.x_train.mean(0).abs().max() < 1e-5
     assert torch.allclose(norm.x_train.std(0, correction=0), torch.ones(3), atol=1e-5)
-    replayed = prepare_inputs(raw.x_val.numpy(), mean=norm.mean, std=norm.std, input_shape=None)
+    # What /predict does with rows a user sends: parse them, then normalize and reshape.
+    rows = parse_inputs(raw.x_val.tolist(), input_shape=(3,), max_rows=1000)
+    replayed = prepare_inputs(rows, mean=norm.mean, std=norm.std, input_shape=(3,))
     assert torch.equal(replayed, norm.x_val)
 
 
@@ -236,14 +240,15 @@ def test_normalize_then_reshape_for_images_and_predict_replays_both() -> None:
     assert float(norm.mean[0]) == 0.0 and float(norm.std[0]) == 1.0
     assert bool(torch.isfinite(norm.x_train).all())
     assert raw.x_val is not None and norm.x_val is not None
-    rows = raw.x_val.reshape(raw.x_val.shape[0], 64).tolist()
-    assert torch.equal(prepare_inputs(rows, mean=norm.mean, std=norm.std, input_shape=[1, 8, 8]), norm.x_val)
+    for rows in (raw.x_val.reshape(raw.x_val.shape[0], 64).tolist(), raw.x_val.tolist()):  # flat or as images
+        parsed = parse_inputs(rows, input_shape=(1, 8, 8), max_rows=1000)
+        assert torch.equal(prepare_inputs(parsed, mean=norm.mean, std=norm.std, input_shape=(1, 8, 8)), norm.x_val)
 
 
-def test_prepare_inputs_rejects_rows_of_the_wrong_width() -> None:
-    with pytest.raises(DataSpecError, match="each row must hold 3 values, got 2") as err:
-        prepare_inputs([[1.0, 2.0]], mean=torch.zeros(3), std=torch.ones(3), input_shape=None)
-    assert err.value.loc == "inputs"
+def test_predict_inputs_refuse_rows_of_the_wrong_width_with_their_path() -> None:
+    with pytest.raises(SpecError) as err:
+        parse_inputs([[1.0, 2.0, 3.0], [1.0, 2.0]], input_shape=(3,), max_rows=10)
+    assert err.value.errors == [{"loc": "inputs[1]", "msg": "expected 3 values, got 2"}]
 
 
 # --- uploads -----------------------------------------------------------------------------------------

@@ -1,15 +1,15 @@
 """Loads a job's data as tensors: inline arrays, synthetic sets, builtin sets and uploaded datasets.
 
 Also owns what happens to inputs between the raw rows and the network: the validation split, z-score
-normalization from the training rows, and the ``data.input_shape`` reshape. ``prepare_inputs`` replays the
-last two for ``/predict``. Shapes and classes always agree with ``service.datainfo.describe_data``: every
+normalization from the training rows, and the ``data.input_shape`` reshape (``service.inputs.prepare_inputs``
+replays the last two for ``/predict``). Shapes and classes always agree with ``service.datainfo.describe_data``: every
 load runs it first and reshapes to the shape it reports.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from service.tabular import Table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DatasetLoader", "TaskKind", "TrainData", "load_data", "prepare_inputs"]
+__all__ = ["DatasetLoader", "TaskKind", "TrainData", "load_data"]
 
 
 @dataclass
@@ -118,37 +118,6 @@ def load_data(spec: JobSpec, *, dataset_loader: DatasetLoader | None = None) -> 
     )
 
 
-def prepare_inputs(
-    inputs: np.ndarray | list[Any],
-    *,
-    mean: torch.Tensor | np.ndarray | None,
-    std: torch.Tensor | np.ndarray | None,
-    input_shape: Sequence[int] | None,
-) -> torch.Tensor:
-    """Raw rows -> the network's input: the training normalization, then the ``data.input_shape`` reshape."""
-    try:
-        array = np.asarray(inputs, dtype=np.float32)
-    except (ValueError, TypeError) as exc:
-        raise DataSpecError("inputs", "inputs must be rows of numbers, all of the same length") from exc
-    if array.ndim == 0 or array.shape[0] == 0:
-        raise DataSpecError("inputs", "give at least one row")
-    if not np.isfinite(array).all():
-        raise DataSpecError("inputs", "every input must be a finite number")
-    x = torch.from_numpy(array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(-1, 1))
-    if mean is not None and std is not None:
-        mean_t = torch.as_tensor(mean, dtype=torch.float32)
-        std_t = torch.as_tensor(std, dtype=torch.float32)
-        if x.shape[1] != mean_t.numel():
-            raise DataSpecError("inputs", f"each row must hold {mean_t.numel()} values, got {x.shape[1]}")
-        x = (x - mean_t) / std_t
-    if input_shape is not None:
-        expected = int(np.prod(input_shape))
-        if x.shape[1] != expected:
-            raise DataSpecError("inputs", f"each row must hold {expected} values, got {x.shape[1]}")
-        return x.reshape(x.shape[0], *input_shape)
-    return x.reshape(array.shape) if array.ndim > 1 else x
-
-
 # --- splitting and normalization ----------------------------------------------------------------------
 
 
@@ -168,7 +137,7 @@ def _split(rows: _Rows, spec: JobSpec) -> tuple[_Rows, _Rows | None]:
 
 
 def _zscore_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # Accumulate in float64 so large row counts do not lose precision; apply in float32 like prepare_inputs.
+    # Accumulate in float64 so large row counts do not lose precision; apply in float32, as /predict does.
     wide = x.double()
     mean = wide.mean(dim=0)
     std = wide.std(dim=0, correction=0)
