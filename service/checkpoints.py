@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, defer
 
 from service.errors import CheckpointNotFound, CorruptCheckpoint, StateConflict
-from service.models import Checkpoint, Job
+from service.models import Checkpoint, Job, ModelVersion
 from service.schemas import CheckpointList, CheckpointRead
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ def _apply_retention(session: Session, *, job: Job, keep_last: int, keep_best: b
     keep = set(ids[:keep_last])
     if keep_best and job.best_checkpoint_id:
         keep.add(job.best_checkpoint_id)
+    # A checkpoint a model version pins (service.registry) is never removed.
+    keep |= set(session.scalars(select(ModelVersion.checkpoint_id).where(ModelVersion.job_id == job.id)))
     drop = [i for i in ids if i not in keep]
     if drop:
         session.execute(delete(Checkpoint).where(Checkpoint.id.in_(drop)))

@@ -19,6 +19,7 @@ from service.errors import JobNotFound, QuotaExceeded, SpecError, StateConflict,
 from service.models import FINISHED_STATUSES, Checkpoint, Job, utcnow
 from service.nets import Issue, Limits, SpecReport, check_spec
 from service.queue import queue_for_device
+from service.registry import versions_of_job
 from service.schemas import BestCheckpoint, JobPage, JobRead, Progress
 from service.settings import Settings, get_settings
 from service.spec import JobSpec
@@ -194,6 +195,10 @@ def delete_job(session: Session, *, tenant: str, job_id: str) -> None:
     job = get_job_or_raise(session, tenant=tenant, job_id=job_id)
     if job.status not in FINISHED_STATUSES:
         raise StateConflict(f"job {job_id} is {job.status}; cancel it before deleting it")
+    registered = versions_of_job(session, job_id=job.id)
+    if registered:
+        raise StateConflict(f"job {job_id} has registered model versions: {', '.join(registered)}; "
+                            "a version pins its checkpoint, so the job cannot be deleted")
     session.execute(delete(Job).where(Job.id == job.id))
     log.info("job.deleted job_id=%s", job_id)
 

@@ -180,3 +180,51 @@ class Worker(Base):
     concurrency: Mapped[int] = mapped_column(Integer, default=1)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+# --- the model registry (service.registry) --------------------------------------------------------------
+
+
+class RegisteredModel(Base):
+    """A tenant's named model: its versions each pin one checkpoint, its aliases name versions."""
+
+    __tablename__ = "registered_models"
+    __table_args__ = (
+        UniqueConstraint("tenant", "name", name="uq_registered_models_tenant_name"),
+        Index("ix_registered_models_tenant_created", "tenant", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    """Version N of a model: an immutable pin of (job, checkpoint) with the signature it was registered with."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),
+        Index("ix_model_versions_job", "job_id"),
+        Index("ix_model_versions_checkpoint", "checkpoint_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(String(32), ForeignKey("registered_models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    # No foreign keys to jobs/checkpoints: a registered job cannot be deleted (409) and retention skips the pin.
+    job_id: Mapped[str] = mapped_column(String(32))
+    checkpoint_id: Mapped[str] = mapped_column(String(32))
+    signature: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelAlias(Base):
+    __tablename__ = "model_aliases"
+
+    model_id: Mapped[str] = mapped_column(String(32), ForeignKey("registered_models.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    alias: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

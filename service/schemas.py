@@ -135,10 +135,15 @@ class PredictRequest(BaseModel):
         json_schema_extra={"examples": [{"job_id": "0b9f3c...", "checkpoint": "best", "inputs": [[0.1] * 4]}]},
     )
 
-    job_id: str
+    job_id: str | None = None
+    # Or a registered model (service.registry) in place of job_id and checkpoint.
+    model: Annotated[str | None, Field(description='"name@alias", "name:version" or "name" (its latest version)',
+                                       max_length=200)] = None
     checkpoint: str = "best"
     # Checked row by row by the use case, so each problem gets its own inputs[i][j] path.
-    inputs: Annotated[list[Any], Field(description="rows of numbers (or nested arrays for images)")]
+    inputs: Annotated[list[Any] | None, Field(description="rows of numbers (or nested arrays for images)")] = None
+    # Where the data had named features (see the signature): [{"feature": value, ...}] in place of inputs.
+    records: Annotated[list[Any] | None, Field(description="rows as {feature: value} objects")] = None
 
 
 class PredictResponse(BaseModel):
@@ -193,3 +198,194 @@ class WorkerRead(ReadModel):
 
 class WorkerList(BaseModel):
     items: list[WorkerRead]
+
+
+# --- models: registry, signatures (service.registry, service.signature) --------------------------------
+
+# Model names and aliases: lower-case letters, digits, '_', '.', '-'; they appear in URLs and in "name@alias".
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
+ALIAS_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"  # a letter first, so "name@2" can never be mistaken for a version
+
+
+class SignatureInputs(BaseModel):
+    shape: list[int] = Field(description="values per row, as /predict's inputs and an export take them")
+    features: list[str] | None = Field(description="the feature names, where the data had them")
+
+
+class SignatureOutputs(BaseModel):
+    kind: Literal["classes", "values"]
+    classes: list[str] | None
+    targets: list[str] | None
+
+
+class Signature(BaseModel):
+    """What a checkpoint takes and gives."""
+
+    inputs: SignatureInputs
+    outputs: SignatureOutputs
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"name": "churn", "job_id": "0b9f3c...", "checkpoint": "best"}]})
+
+    name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+    job_id: Annotated[str, Field(max_length=32)]
+    checkpoint: Annotated[str, Field(max_length=32, description='"best", "latest" or a checkpoint id')] = "best"
+
+
+class AliasUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[int, Field(ge=1)]
+
+
+class ModelVersionRead(ReadModel):
+    model: str
+    version: int
+    job_id: str
+    checkpoint_id: str
+    created_at: datetime
+    aliases: list[str]
+    signature: Signature
+
+
+class ModelAliasRead(BaseModel):
+    alias: str
+    version: int
+
+
+class ModelRead(ReadModel):
+    name: str
+    created_at: datetime
+    latest_version: int | None
+    aliases: dict[str, int]
+    versions: list[ModelVersionRead]
+
+
+class ModelSummary(ReadModel):
+    name: str
+    created_at: datetime
+    latest_version: int | None
+    aliases: dict[str, int]
+
+
+class ModelPage(BaseModel):
+    items: list[ModelSummary]
+    next_cursor: str | None
+
+
+# --- experiments: sweeps and comparing runs (service.sweeps, service.compare) ----------------------------
+
+
+class TrialRef(BaseModel):
+    """A sweep trial's place in its sweep: its number and the params it was given."""
+
+    number: int
+    params: dict[str, Any]
+
+
+class SweepSearch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["grid", "random", "tpe"] = "random"
+    trials: Annotated[int, Field(ge=1)] = 10  # grid: at most every combination
+    parallel: Annotated[int, Field(ge=1)] = 1
+    seed: Annotated[int, Field(ge=0, lt=2**31)] = 0
+
+
+class SweepObjective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+
+
+class SweepPruner(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["none", "median", "asha"] = "none"
+    min_epochs: Annotated[int, Field(ge=1)] = 1  # no trial is stopped before this many epochs
+    reduction_factor: Annotated[int, Field(ge=2)] = 3  # asha: one in this many trials goes on at each rung
+    startup_trials: Annotated[int, Field(ge=0)] = 1  # median: trials that finish before any is pruned
+
+
+SWEEP_SPACE_EXAMPLE = {
+    "optimizer.lr": {"log_uniform": [0.0001, 0.1]},
+    "model.layers[0].out_channels": {"choice": [8, 16, 32]},
+    "training.batch_size": {"choice": [32, 64, 128]},
+}
+
+
+class SweepCreate(BaseModel):
+    """POST /sweeps: a base spec, a search space of JSON paths into it, how to search, and what to optimize."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(max_length=200)] | None = None
+    spec: JobSpec
+    # Keys are JSON paths into spec, written like error locs; values one of {"choice": [...]},
+    # {"uniform": [lo, hi]}, {"log_uniform": [lo, hi]}, {"int_uniform": [lo, hi]}.
+    space: Annotated[dict[str, dict[str, Any]], Field(min_length=1, examples=[SWEEP_SPACE_EXAMPLE])]
+    search: SweepSearch = Field(default_factory=SweepSearch)
+    objective: SweepObjective = Field(default_factory=SweepObjective)
+    pruner: SweepPruner = Field(default_factory=SweepPruner)
+
+
+SweepStatus = Literal["running", "succeeded", "failed", "cancelled"]
+
+
+class SweepBest(BaseModel):
+    job_id: str
+    params: dict[str, Any]
+    value: float
+
+
+class SweepTrial(BaseModel):
+    number: int
+    job_id: str
+    params: dict[str, Any]
+    status: JobStatus
+    value: float | None  # the objective's best epoch-end value so far
+    epochs: int  # epochs done
+
+
+class SweepRead(BaseModel):
+    id: str
+    name: str | None
+    status: SweepStatus
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None
+    space: dict[str, dict[str, Any]]
+    search: SweepSearch
+    objective: SweepObjective
+    pruner: SweepPruner
+    counts: dict[str, int]  # trials per status
+    best: SweepBest | None
+    trials: list[SweepTrial]
+    spec: dict[str, Any] | None = None  # GET /sweeps/{id} only
+
+
+class SweepPage(BaseModel):
+    items: list[SweepRead]
+    next_cursor: str | None
+
+
+class SeriesPoint(BaseModel):
+    step: int
+    value: float
+
+
+class ComparedJob(BaseModel):
+    id: str
+    name: str | None
+    status: JobStatus
+    best: BestCheckpoint | None
+    series: dict[str, list[SeriesPoint]]
+
+
+class JobComparison(BaseModel):
+    """GET /jobs/compare: each job's curves, and the spec paths whose values differ (each job's value, in ids order)."""
+
+    jobs: list[ComparedJob]
+    spec_diff: dict[str, list[Any]]
