@@ -1,4 +1,5 @@
-"""API keys: created once and shown once, stored only as SHA-256 hashes, each bound to a tenant."""
+"""API keys: created once and shown once, stored only as SHA-256 hashes, each bound to a tenant; and the
+middleware that checks a request's key before anything reads its body."""
 
 from __future__ import annotations
 
@@ -9,13 +10,19 @@ import threading
 import time
 from collections import OrderedDict
 
+import json
+import logging
+
 import anyio
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.db import session_scope
-from service.errors import NotFound, Unauthorized
+from service.db import is_transient, session_scope
+from service.errors import NotFound, ServiceError, Unauthorized, error_body
 from service.models import ApiKey, utcnow
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "ts_"
 
@@ -103,3 +110,58 @@ async def authenticate_recent(authorization: str | None, *, ttl: float) -> str:
 def _tenant_in_database(digest: str) -> str:
     with session_scope(read_only=True) as session:
         return tenant_of(session, digest)
+
+
+# Everything else needs a key: the dashboard's page and assets, the probes, the scrape and the API's own
+# documentation are public.
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/openapi.json"})
+PREDICT_PATH = "/predict"
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith("/static/")
+
+
+class Authentication:
+    """Pure ASGI middleware: answers 401 (with `WWW-Authenticate: Bearer`) before a request without a valid key
+    has its body read or parsed, and hands the key's tenant to the routes in `request.state.tenant`.
+
+    /predict trusts a key the database accepted less than TRAINSERVE_PREDICT_CACHE_SECONDS ago (its hot path
+    has no database round trip); every other route asks the database each time, so a revoked key stops at once.
+    """
+
+    def __init__(self, app: ASGIApp, *, predict_cache_seconds: float) -> None:
+        self.app = app
+        self.predict_cache_seconds = predict_cache_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        authorization = next((v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"authorization"),
+                             None)
+        ttl = self.predict_cache_seconds if scope["path"] == PREDICT_PATH else 0.0
+        try:
+            tenant = await authenticate_recent(authorization, ttl=ttl)
+        except ServiceError as exc:
+            await _answer(send, exc.status_code, error_body(exc.type, exc.detail, exc.errors), exc.headers)
+            return
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("auth.db_unavailable path=%s error=%s", scope["path"], exc.__class__.__name__)
+            await _answer(send, 503, error_body("unavailable", "the database is unavailable; retry shortly", []),
+                          {"Retry-After": "2"})
+            return
+        scope.setdefault("state", {})["tenant"] = tenant
+        await self.app(scope, receive, send)
+
+
+async def _answer(send: Send, status: int, body: dict[str, object], headers: dict[str, str] | None) -> None:
+    raw = json.dumps(body).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+                            *extra]})
+    await send({"type": "http.response.body", "body": raw})

@@ -68,18 +68,36 @@ def ensure_default_key(settings: Settings) -> Path:
         return path
     with session_scope() as session:
         key = create_api_key(session, tenant="default")
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    # Created 0600 in the open call itself: a write-then-chmod leaves the key world-readable for a moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    path.chmod(0o600)  # an older file created by a write-then-chmod keeps its mode under O_TRUNC
     print(f"API key for tenant 'default' (also written to {path}):\n  {key}")
     return path
+
+
+def database_ready(settings: Settings) -> bool:
+    """False, having said what to run, when the database is not at the latest migration."""
+    from service.migrate import DatabaseBehind, check_at_head
+
+    try:
+        check_at_head(settings.database_url)
+    except DatabaseBehind as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_api(settings: Settings) -> int:
     import uvicorn
 
+    if not database_ready(settings):
+        return 2
+    # A factory: the app is built in the serving process, from these settings, never at import.
     # log_config=None: uvicorn's loggers go through ours (text or JSON); the API logs each request itself.
-    uvicorn.run("service.api:app", host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                log_config=None, access_log=False)
+    uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower(), log_config=None, access_log=False)
     return 0
 
 
@@ -95,6 +113,8 @@ def cmd_worker(settings: Settings, *, queues: str | None, concurrency: int | Non
         print(f"unknown queue(s) {', '.join(unknown) or '(none given)'}; the queues are {', '.join(QUEUES)}",
               file=sys.stderr)
         return 2
+    if not database_ready(settings):
+        return 2
     if "gpu" in names and not _cuda_available():
         # A CUDA job taken here could only fail; leaving it queued (with a reason the API shows) is better.
         print("this host has no usable CUDA device: a worker on the 'gpu' queue needs one "
@@ -107,13 +127,13 @@ def cmd_worker(settings: Settings, *, queues: str | None, concurrency: int | Non
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-    from worker.celery_app import WORKER_OPTIONS, app
+    from worker.celery_app import WORKER_OPTIONS, get_celery
 
     WORKER_OPTIONS.update(queues=names, concurrency=n)
     argv = ["worker", "--queues", ",".join(names), "--concurrency", str(n),
             "--pool", "solo" if n == 1 else "prefork", "--loglevel", settings.log_level.upper(),
             "--hostname", f"trainserve-{os.getpid()}@{socket.gethostname()}", "--without-gossip", "--without-mingle"]
-    app.worker_main(argv)
+    get_celery().worker_main(argv)
     return 0
 
 

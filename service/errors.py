@@ -9,13 +9,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from service.db import is_transient
 
 from service.spec import TAG_NAMES
 
 log = logging.getLogger(__name__)
 
 ErrorItem = dict[str, str]
+RETRY_AFTER_SECONDS = 2
 
 
 class ServiceError(Exception):
@@ -63,6 +68,10 @@ class Unauthorized(ServiceError):
     status_code = 401
     type = "unauthorized"
 
+    def __init__(self, detail: str) -> None:
+        # RFC 9110: a 401 names the scheme the client should use.
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
 
 class PayloadTooLarge(ServiceError):
     status_code = 413
@@ -76,11 +85,6 @@ class QuotaExceeded(ServiceError):
     def __init__(self, detail: str, *, retry_after: int):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
         self.retry_after = retry_after
-
-
-class Unavailable(ServiceError):
-    status_code = 503
-    type = "unavailable"
 
 
 class CorruptCheckpoint(ServiceError):
@@ -132,6 +136,16 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's own 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "__none__"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -139,6 +153,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        undecodable = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+        if undecodable:
+            # Not JSON at all: there is no JSON path to point at, so this is a 400 like undecodable bytes.
+            reason = (undecodable[0].get("ctx") or {}).get("error") or undecodable[0].get("msg", "")
+            return JSONResponse(error_body("http_error", f"the body is not valid JSON: {reason}", []), 400)
         items = validation_items(exc.errors())
         detail = f"the request has {_plural(len(items), 'problem')}: " + "; ".join(
             f"{i['loc'] or '(body)'}: {i['msg']}" for i in items[:5]
@@ -146,21 +165,26 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("validation_error", detail, items), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kinds = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "payload_too_large"}
-        return JSONResponse(
-            error_body(kinds.get(exc.status_code, "http_error"), str(exc.detail), []),
-            exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return JSONResponse(error_body(kinds.get(exc.status_code, "http_error"), str(exc.detail), []),
+                            exc.status_code, headers=headers or None)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        from service.db import is_transient
-
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        # Handled here, inside the app, so an outage is an answer (503), not an unhandled exception: no
+        # "Exception in ASGI application" traceback and no 500 in the request metrics.
         if is_transient(exc):
             log.warning("request.db_unavailable path=%s error=%s", request.url.path, exc.__class__.__name__)
             return JSONResponse(error_body("unavailable", "the database is unavailable; retry shortly", []), 503,
-                                headers={"Retry-After": "2"})
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        log.error("request.failed path=%s", request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal_error", "internal error (a bug): see the server log", []), 500)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request.failed path=%s", request.url.path)
         return JSONResponse(error_body("internal_error", "internal error (a bug): see the server log", []), 500)

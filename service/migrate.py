@@ -23,3 +23,26 @@ def migrate_to_head(database_url: str) -> None:
     if database_url.startswith("sqlite:///"):
         Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(database_url), "head")
+
+
+class DatabaseBehind(RuntimeError):
+    """The database's schema is not the one this code was written for."""
+
+
+def check_at_head(database_url: str) -> None:
+    """Raises DatabaseBehind, naming the command that fixes it, unless the database is at the latest migration."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+
+    heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    engine = create_engine(normalize_url(database_url))
+    try:
+        with engine.connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    finally:
+        engine.dispose()
+    if current != heads:
+        at = ", ".join(sorted(current)) or "none (an empty database)"
+        raise DatabaseBehind(f"the database is at migration {at}, this code needs {', '.join(sorted(heads))}: "
+                             "run `trainserve-server migrate` first")

@@ -148,7 +148,7 @@ class ServiceCollector(Collector):
         samples.add_metric([], sum(float((m or {}).get("samples_per_s", 0.0)) for m in running))
         yield from (jobs, queued, workers, samples)
 
-        sizes = broker_queue_sizes()
+        sizes = broker_queue_sizes(self.settings)
         if sizes is not None:
             broker = GaugeMetricFamily("trainserve_broker_queue_messages",
                                        "Task messages waiting in the broker, per queue", labels=["queue"])

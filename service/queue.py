@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+import threading
 import uuid
-from functools import lru_cache
 from typing import Any
 
 from celery import Celery
@@ -111,21 +111,36 @@ def make_celery(settings: Settings, name: str = "trainserve") -> Celery:
     return app
 
 
-@lru_cache
-def get_producer() -> Celery:
-    return make_celery(get_settings(), "trainserve-api")
+_producers: dict[tuple[str, str, int], Celery] = {}
+_producers_lock = threading.Lock()
 
 
-def enqueue_training(job_id: str, *, queue: str) -> None:
-    get_producer().send_task(TRAIN_JOB, args=[job_id], queue=queue)
+def get_producer(settings: Settings | None = None) -> Celery:
+    """The API's Celery producer for these settings' broker, built on first use (never at import)."""
+    settings = settings or get_settings()
+    key = (settings.broker_url, str(settings.broker_dir), settings.job_time_limit_seconds)
+    with _producers_lock:
+        if key not in _producers:
+            _producers[key] = make_celery(settings, "trainserve-api")
+        return _producers[key]
+
+
+def reset_producers() -> None:
+    """Forget every producer (tests that point the settings at another broker)."""
+    with _producers_lock:
+        _producers.clear()
+
+
+def enqueue_training(job_id: str, *, queue: str, settings: Settings | None = None) -> None:
+    get_producer(settings).send_task(TRAIN_JOB, args=[job_id], queue=queue)
     log.info("job.enqueued job_id=%s queue=%s", job_id, queue)
 
 
-def broker_queue_sizes() -> dict[str, int] | None:
+def broker_queue_sizes(settings: Settings | None = None) -> dict[str, int] | None:
     """Task messages waiting in the broker per queue (not counting ones a worker has taken); None if it is down."""
     sizes: dict[str, int] = {}
     try:
-        with get_producer().connection_for_read() as conn:
+        with get_producer(settings).connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             channel = conn.default_channel
             for queue in QUEUES:
@@ -139,9 +154,9 @@ def broker_queue_sizes() -> dict[str, int] | None:
     return sizes
 
 
-def broker_ok() -> bool:
+def broker_ok(settings: Settings | None = None) -> bool:
     try:
-        with get_producer().connection_for_write() as conn:
+        with get_producer(settings).connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
         return True
     except Exception as exc:  # any broker failure means "not ready"

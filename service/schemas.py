@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "pruned"]
+from service.spec import JobSpec
+
+
+class JobStatus(StrEnum):
+    """A job's state; succeeded, failed, cancelled and pruned are final."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    pruned = "pruned"
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; every time we store is UTC (pydantic then writes it with a "Z").
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+# A typed datetime in the document (`format: date-time`), always written in UTC.
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class ReadModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
-
-    @field_serializer("*", when_used="json")
-    @staticmethod
-    def _utc(value: Any) -> Any:
-        # SQLite returns naive datetimes; every time we store is UTC.
-        if isinstance(value, datetime):
-            aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-            return aware.isoformat().replace("+00:00", "Z")
-        return value
 
 
 class Progress(BaseModel):
@@ -43,9 +55,9 @@ class JobRead(ReadModel):
     id: str
     name: str | None
     status: JobStatus
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     attempts: int
     error: str | None
     cancel_requested: bool
@@ -56,9 +68,12 @@ class JobRead(ReadModel):
     progress: Progress
     best: BestCheckpoint | None
     latest_checkpoint_id: str | None
-    last_metrics: dict[str, float]
+    last_metrics: dict[str, float | None]  # a non-finite latest value is null
     spec: dict[str, Any] | None
     report: dict[str, Any] | None
+    # A sweep's trial: its sweep and {"number", "params"}; None for a job submitted on its own.
+    sweep_id: str | None = None
+    trial: TrialRef | None = None
 
 
 class JobPage(BaseModel):
@@ -77,6 +92,14 @@ class LayerRow(BaseModel):
 class ErrorItem(BaseModel):
     loc: str
     msg: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer (service.errors renders them all)."""
+
+    type: str = Field(description="validation_error, not_found, conflict, unauthorized, ... (docs/api.md)")
+    detail: str
+    errors: list[ErrorItem]
 
 
 class ValidationReport(BaseModel):
@@ -98,8 +121,9 @@ class MetricPointRead(ReadModel):
     name: str
     step: int
     epoch: int
-    value: float
-    time: datetime
+    # null when the value is not finite (inf, -inf, NaN: e.g. val_r2 of a constant target): JSON has no such numbers
+    value: float | None
+    time: UtcDatetime
 
 
 class MetricsPage(BaseModel):
@@ -107,6 +131,8 @@ class MetricsPage(BaseModel):
     status: JobStatus
     last_step: int
     points: list[MetricPointRead]
+    # Set when the read stopped at TRAINSERVE_MAX_METRIC_POINTS_PER_READ: pass it as since_step to read on.
+    next_since_step: int | None = None
 
 
 class CheckpointRead(ReadModel):
@@ -117,7 +143,7 @@ class CheckpointRead(ReadModel):
     value: float | None
     sha256: str
     size_bytes: int
-    created_at: datetime
+    created_at: UtcDatetime
     is_best: bool
     is_latest: bool
 
@@ -132,7 +158,7 @@ Row = list[Any]
 class PredictRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"job_id": "0b9f3c...", "checkpoint": "best", "inputs": [[0.1] * 4]}]},
+        json_schema_extra={"examples": [{"job_id": "0b9f3c...", "checkpoint": "best", "inputs": [[0.1] * 32]}]},
     )
 
     job_id: str | None = None
@@ -171,7 +197,9 @@ class DatasetRead(ReadModel):
     size_bytes: int
     columns: list[ColumnRead]
     target: list[str]
-    created_at: datetime
+    created_at: UtcDatetime
+    # A CSV's field separator, detected from its first 64 KB among , ; tab and space; null for Parquet and NPZ.
+    delimiter: str | None = None
 
 
 class DatasetPage(BaseModel):
@@ -191,8 +219,8 @@ class WorkerRead(ReadModel):
     queues: list[str]
     device: str
     concurrency: int
-    started_at: datetime
-    last_seen_at: datetime
+    started_at: UtcDatetime
+    last_seen_at: UtcDatetime
     running_jobs: int
 
 

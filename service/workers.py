@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from service.models import Job, Worker, utcnow
+from service.schemas import WorkerList, WorkerRead
 from service.settings import Settings
 
 
@@ -53,6 +54,16 @@ def running_jobs_by_worker(session: Session) -> Counter[str]:
     """Worker name -> jobs it is training, from the lease owners (see lease_owner)."""
     owners = session.scalars(select(Job.lease_owner).where(Job.status == "running", Job.lease_owner.is_not(None)))
     return Counter(owner.split("/", 1)[0] for owner in owners if owner)
+
+
+def worker_list(session: Session, *, settings: Settings) -> WorkerList:
+    """GET /workers: the live workers, each with how many jobs it is training."""
+    running = running_jobs_by_worker(session)
+    return WorkerList(items=[
+        WorkerRead(name=w.name, hostname=w.hostname, queues=list(w.queues), device=w.device,
+                   concurrency=w.concurrency, started_at=w.started_at, last_seen_at=w.last_seen_at,
+                   running_jobs=running[w.name])
+        for w in live_workers(session, settings=settings)])
 
 
 @dataclass

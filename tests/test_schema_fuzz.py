@@ -42,7 +42,7 @@ def _clear_caches() -> None:
     db.get_engine.cache_clear()
     db.get_sessionmaker.cache_clear()
     db.get_read_sessionmaker.cache_clear()
-    queue.get_producer.cache_clear()
+    queue.reset_producers()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget
         for name in ("TRAINSERVE_DATABASE_URL", "TRAINSERVE_BROKER_URL"):
             mp.delenv(name, raising=False)
         _clear_caches()
-        from service.api import create_app
+        from service.app import create_app
         from service.auth import create_api_key
         from service.db import get_engine, session_scope
         from service.migrate import migrate_to_head

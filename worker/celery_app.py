@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import socket
+from functools import lru_cache
 from typing import Any
 
+from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from service.queue import make_celery
 from service.settings import get_settings
 
-app = make_celery(get_settings(), "trainserve-worker")
-app.conf.include = ["worker.tasks"]
+
+@lru_cache
+def get_celery() -> Celery:
+    """The workers' Celery app, built on first use (importing this module builds nothing)."""
+    app = make_celery(get_settings(), "trainserve-worker")
+    app.conf.include = ["worker.tasks"]
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A worker.celery_app` and `from worker.celery_app import app` look for a module attribute `app`:
+    # hand them the lazily built one.
+    if name == "app":
+        return get_celery()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Set by `trainserve-server worker` before the worker starts: what this worker announces in the registry.
 WORKER_OPTIONS: dict[str, Any] = {"queues": ["cpu"], "concurrency": 1}

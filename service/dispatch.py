@@ -1,0 +1,62 @@
+"""Sending jobs to the broker: a new job after its commit, a job handed back, and the reaper that sends again
+what the broker never got and puts back jobs whose worker was lost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import anyio
+from sqlalchemy.orm import Session
+
+from service import jobs, sweeps
+from service.db import with_retry
+from service.queue import enqueue_training
+from service.schemas import JobRead
+from service.settings import Settings
+from service.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def send_job(job_id: str, *, queue: str, settings: Settings | None = None) -> bool:
+    """Hand the job to the broker and record that it got there; False (and the job stays unsent) if it is down."""
+    try:
+        enqueue_training(job_id, queue=queue, settings=settings)
+    except Exception as exc:  # the broker is down: the reaper sends it again once it is back
+        log.warning("job.enqueue_failed job_id=%s error=%s", job_id, exc)
+        return False
+    with_retry(lambda s: jobs.mark_enqueued(s, job_id=job_id))
+    return True
+
+
+def submit_and_send(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: str | None,
+                    settings: Settings) -> tuple[JobRead, bool]:
+    """POST /jobs: store the job, commit, then send it (enqueue after commit, so no worker can see an
+    uncommitted job). Returns the job and whether it is new (False: an idempotent replay)."""
+    job, created = jobs.submit_job(session, tenant=tenant, spec=spec, idempotency_key=idempotency_key,
+                                   settings=settings)
+    session.commit()
+    if created and send_job(job.id, queue=job.queue, settings=settings):
+        session.refresh(job)  # the answer shows it handed to the broker (its waiting reason says so)
+    return jobs.job_read(session, job, settings=settings), created
+
+
+def reap_once(settings: Settings) -> int:
+    """One pass of the reaper; returns how many jobs it sent."""
+    # A job just put back by the lease check is also "unsent" until send_job marks it: send it once.
+    to_send = dict(with_retry(lambda s: jobs.reap_expired_leases(s, settings=settings)))
+    to_send.update(with_retry(jobs.unsent_jobs))
+    sent = sum(send_job(job_id, queue=queue, settings=settings) for job_id, queue in to_send.items())
+    # Sweeps go on even if a worker died between a trial's end and asking for the next (or the API restarted).
+    return sent + sweeps.advance_running_sweeps(settings)
+
+
+async def reaper_loop(settings: Settings) -> None:
+    """Runs for the API's lifetime (each replica: the row locks keep two from sending one job twice)."""
+    while True:
+        await asyncio.sleep(settings.reaper_interval_seconds)
+        try:
+            await anyio.to_thread.run_sync(reap_once, settings)
+        except Exception:
+            log.exception("reaper.failed")

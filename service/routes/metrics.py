@@ -1,0 +1,63 @@
+"""/jobs/{job_id}/metrics: the recorded points as JSON or CSV, and the live stream of new ones."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
+
+from service import jobs, metrics
+from service.routes.deps import SessionDep, SettingsDep, TenantDep, error_responses, split_names
+from service.schemas import MetricsPage
+from service.streams import STREAM_HEADERS, event_stream
+
+router = APIRouter(tags=["metrics"])
+
+Names = Annotated[list[str] | None, Query(description="series to return (repeat or comma-separate); all if none")]
+SinceStep = Annotated[int | None, Query(ge=0, description="only points after this step")]
+
+_CSV = {"text/csv": {"schema": {"type": "string"}, "example": "name,step,epoch,value,time\n"}}
+_SSE_DESCRIPTION = ("Server-sent events: `points` (a list of MetricPointRead), `status` ({status, progress, "
+                    "error}), `end` ({status, error}, then the stream closes) and `error` ({detail}, then it "
+                    "closes); comment lines keep the connection alive.")
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=MetricsPage, name="get_metrics",
+            responses={200: {"description": "the points (JSON), or a CSV file with format=csv", "content": _CSV},
+                       **error_responses(404)})
+def get_metrics(session: SessionDep, tenant: TenantDep, settings: SettingsDep, job_id: str, names: Names = None,
+                since_step: SinceStep = None,
+                max_points: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+                format: Annotated[Literal["json", "csv"], Query()] = "json") -> Any:
+    """A job's recorded metric points (optionally some series, after a step, evenly thinned to `max_points`).
+
+    Without `max_points` one read returns at most TRAINSERVE_MAX_METRIC_POINTS_PER_READ points (whole steps);
+    `next_since_step` is then set: pass it as `since_step` to read on (null once everything was read). A CSV
+    read stops at the same bound. Non-finite values are null in JSON and empty cells in CSV.
+    """
+    job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
+    points, next_since_step = metrics.read_points_page(
+        session, job_id=job.id, names=split_names(names), since_step=since_step, max_points=max_points,
+        limit=settings.max_metric_points_per_read)
+    if format == "csv":
+        return Response(metrics.points_csv(points), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{job.id}-metrics.csv"'})
+    last = max((p.step for p in points), default=since_step or 0)
+    return MetricsPage(job_id=job.id, status=job.status, last_step=last, points=points,  # type: ignore[arg-type]
+                       next_since_step=next_since_step)
+
+
+@router.get("/jobs/{job_id}/metrics/stream", name="stream_metrics", response_class=StreamingResponse,
+            responses={200: {"description": _SSE_DESCRIPTION,
+                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                       **error_responses(404)})
+def stream_metrics(session: SessionDep, tenant: TenantDep, job_id: str, names: Names = None,
+                   since_step: SinceStep = None) -> StreamingResponse:
+    """Follow a job live: its new points and status changes as server-sent events, until it finishes."""
+    job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
+    # End the request's transaction now: the stream outlives the route, and an open transaction would hold
+    # SQLite's write lock (or a PostgreSQL connection) for as long as the client listens.
+    session.commit()
+    return StreamingResponse(event_stream(job.id, tenant, split_names(names), since_step),
+                             media_type="text/event-stream", headers=STREAM_HEADERS)
