@@ -321,6 +321,8 @@ class SGD(SpecPart):
         dampening: float | None = None,
         weight_decay: float | None = None,
         nesterov: bool | None = None,
+        foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(**_given(locals()))
 
@@ -333,6 +335,8 @@ class Adam(SpecPart):
         eps: float | None = None,
         weight_decay: float | None = None,
         amsgrad: bool | None = None,
+        foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(**_given(locals()))
 
@@ -350,6 +354,7 @@ class RMSprop(SpecPart):
         weight_decay: float | None = None,
         momentum: float | None = None,
         centered: bool | None = None,
+        foreach: bool | None = None,
     ) -> None:
         super().__init__(**_given(locals()))
 
@@ -383,6 +388,7 @@ class OneCycleLR(SpecPart):
         anneal_strategy: Literal["cos", "linear"] | None = None,
         div_factor: float | None = None,
         final_div_factor: float | None = None,
+        interval: Literal["step"] | None = None,
     ) -> None:
         super().__init__(**_given(locals()))
 
@@ -396,6 +402,7 @@ class ReduceLROnPlateau(SpecPart):
         patience: int | None = None,
         threshold: float | None = None,
         min_lr: float | None = None,
+        interval: Literal["epoch"] | None = None,
     ) -> None:
         super().__init__(**_given(locals()))
 
