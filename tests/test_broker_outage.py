@@ -71,8 +71,15 @@ def test_a_job_submitted_while_the_broker_is_down_runs_once_it_is_back(tmp_path:
             assert job["status"] == "queued"
             ready = httpx.get(f"{server.url}/readyz", timeout=30)
             assert ready.status_code == 503 and ready.json()["broker"] == "unavailable"
-            time.sleep(2)
-            assert c.get(f"/jobs/{job['id']}").json()["status"] == "queued"
+            # No fixed sleep: wait (with a deadline) until a reaper pass has tried to send the job again while
+            # the broker is down, then check that this left it queued, not failed or marked as sent.
+            failed_send = "job.enqueue_failed job_id=" + job["id"]
+            deadline = time.monotonic() + 60
+            while server.log_path.read_text().count(failed_send) < 2:
+                assert time.monotonic() < deadline, "no reaper pass tried to send the job\n" + server.log_tail()
+                time.sleep(0.2)
+            seen = c.get(f"/jobs/{job['id']}").json()
+            assert seen["status"] == "queued" and seen["attempts"] == 0
         redis_process.start()
         done = server.wait_for_job(job["id"], timeout=150)
         assert done["status"] == "succeeded", done["error"]
