@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from contextlib import closing
 from datetime import datetime
@@ -52,8 +53,14 @@ def _insert_points(connection: Connection, job_id: str, points: Sequence[dict[st
     to_db = processor if processor is not None else (lambda value: value)
     connection.exec_driver_sql(
         f"INSERT INTO {MetricPoint.__tablename__} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-        [(job_id, p["name"], p["step"], p["epoch"], p["value"], to_db(p["time"])) for p in points],
+        [(job_id, p["name"], p["step"], p["epoch"], _sqlite_value(p["value"]), to_db(p["time"])) for p in points],
     )
+
+
+def _sqlite_value(value: float) -> float | str:
+    # SQLite stores a NaN REAL as NULL, which the NOT NULL column refuses; as text it is kept (and read back by
+    # finite_or_none). Infinities are ordinary REALs there, and PostgreSQL's float8 takes all three.
+    return "NaN" if value != value else value
 
 
 def drop_points_after(session: Session, *, job_id: str, step: int) -> None:
@@ -64,8 +71,19 @@ def drop_points_after(session: Session, *, job_id: str, step: int) -> None:
 _POINT_COLUMNS = (MetricPoint.name, MetricPoint.step, MetricPoint.epoch, MetricPoint.value, MetricPoint.time)
 
 
+def finite_or_none(value: Any) -> float | None:
+    """A stored value as the API serves it: non-finite (inf, -inf, NaN) is null, as JSON has no such numbers.
+
+    A constant validation target makes val_r2 -inf, and a diverged run NaN: they are kept as stored and only
+    shown as null (JSON and the stream) or an empty cell (CSV).
+    """
+    number = float(value)  # SQLite hands back NaN, stored as text, as the string 'NaN'
+    return number if math.isfinite(number) else None
+
+
 def _to_read(row: Any) -> MetricPointRead:
-    return MetricPointRead(name=row.name, step=row.step, epoch=row.epoch, value=row.value, time=row.time)
+    return MetricPointRead(name=row.name, step=row.step, epoch=row.epoch, value=finite_or_none(row.value),
+                           time=row.time)
 
 
 def _filters(job_id: str, names: list[str] | None, since_step: int | None) -> list[ColumnElement[bool]]:
@@ -84,6 +102,31 @@ def read_points(session: Session, *, job_id: str, names: list[str] | None, since
     if not max_points:
         return [_to_read(r) for r in session.execute(_points(where))]
     return _read_downsampled(session, where, max_points)
+
+
+def read_points_page(session: Session, *, job_id: str, names: list[str] | None, since_step: int | None,
+                     max_points: int | None, limit: int) -> tuple[list[MetricPointRead], int | None]:
+    """`read_points` bounded to about `limit` points, and the `since_step` that continues it (None: all read).
+
+    Without max_points the page holds whole steps in step order: every series' points up to a step, so that
+    `since_step=<that step>` reads on with nothing skipped or repeated. One step's points always fit in a page,
+    even if they alone number more than `limit`. A downsampled read is its own bound (max_points per series).
+    """
+    where = _filters(job_id, names, since_step)
+    if max_points:
+        return _read_downsampled(session, where, max_points), None
+    query = select(*_POINT_COLUMNS).where(*where).order_by(MetricPoint.step, MetricPoint.name)
+    rows = session.execute(query.limit(limit + 1)).all()
+    if len(rows) <= limit:
+        next_step = None
+    else:
+        cut = rows[limit].step  # the first step not known to be whole in this page
+        rows = [r for r in rows if r.step < cut]
+        if not rows:  # one step with more than `limit` points: that step alone
+            rows = session.execute(_points([*where, MetricPoint.step == cut])).all()
+        next_step = rows[-1].step
+    points = sorted((_to_read(r) for r in rows), key=lambda p: (p.name, p.step))
+    return points, next_step
 
 
 def _points(where: list[ColumnElement[bool]], *more: ColumnElement[bool]) -> Select:
@@ -196,5 +239,6 @@ def points_csv(points: list[MetricPointRead]) -> str:
     writer.writerow(["name", "step", "epoch", "value", "time"])
     for p in points:
         time = p.time.isoformat() if isinstance(p.time, datetime) else str(p.time)
-        writer.writerow([p.name, p.step, p.epoch, repr(p.value), time])
+        # A non-finite value (served as null) is an empty cell.
+        writer.writerow([p.name, p.step, p.epoch, "" if p.value is None else repr(p.value), time])
     return buf.getvalue()

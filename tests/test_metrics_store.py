@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine
-from service.metrics import downsample, pick_positions, read_points, record_points
+from service.metrics import downsample, pick_positions, points_csv, read_points, read_points_page, record_points
 from service.migrate import migrate_to_head
 from service.models import Job
 from service.settings import Settings
@@ -119,3 +119,48 @@ def test_pick_positions() -> None:
     assert pick_positions(5, 1) == [4]
     assert pick_positions(5, 3) == [0, 2, 4]
     assert pick_positions(4, 3) == [0, 2, 3]  # 1.5 rounds to even, as Python's round() does
+
+
+def test_non_finite_values_are_stored_and_read_back_as_null(sessions: sessionmaker[Session]) -> None:
+    """val_r2 of a constant target is -inf and a diverged loss NaN: the write succeeds, the read says null."""
+    values = {1: float("-inf"), 2: float("inf"), 3: float("nan"), 4: 0.5}
+    with sessions() as session, session.begin():
+        job = Job(tenant="t", name="inf", status="running", spec={}, report={}, data_info={}, last_metrics={})
+        session.add(job)
+        session.flush()
+        record_points(session, job_id=job.id, points=[
+            {"name": "val_r2", "step": step, "epoch": step, "value": value, "time": T0} for step, value in values.items()])
+        job_id = job.id
+    points = _read(sessions, job_id)
+    assert [(p.step, p.value) for p in points] == [(1, None), (2, None), (3, None), (4, 0.5)]
+    assert [p.value for p in _read(sessions, job_id, max_points=2)] == [None, 0.5]
+    assert points_csv(points).splitlines()[1:3] == ["val_r2,1,1,,2026-01-01T00:00:00+00:00",
+                                                     "val_r2,2,2,,2026-01-01T00:00:00+00:00"]
+
+
+def _read_page(sessions: sessionmaker[Session], job_id: str, since_step: int | None, limit: int) -> Any:
+    with sessions() as session:
+        return read_points_page(session, job_id=job_id, names=None, since_step=since_step, max_points=None,
+                                limit=limit)
+
+
+@pytest.mark.parametrize("limit", [50, 10_000])
+def test_a_read_is_bounded_and_its_cursor_reads_on_without_gaps_or_repeats(
+        sessions: sessionmaker[Session], limit: int) -> None:
+    steps = _series_steps()
+    job_id = _job_with_points(sessions, steps)
+    read: list[tuple[str, int]] = []
+    since: int | None = None
+    pages = 0
+    while True:
+        points, since = _read_page(sessions, job_id, since, limit)
+        pages += 1
+        # Whole steps only: a page passes the cap by at most the other series' points at its last step.
+        assert len(points) <= max(limit, 1) + len(steps) - 1
+        read += [(p.name, p.step) for p in points]
+        if since is None:
+            break
+        assert points and max(p.step for p in points) == since
+    expected = sorted((n, s) for n, series in steps.items() for s in series)
+    assert sorted(read) == expected and len(read) == len(expected)
+    assert pages >= len(expected) // (limit + len(steps))

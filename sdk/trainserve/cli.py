@@ -288,7 +288,7 @@ def jobs_show(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar=
          if job.best and job.best.value is not None else "-"),
         ("error", job.error or "-"),
     ]
-    rows += [(name, f"{value:.6g}") for name, value in sorted(job.last_metrics.items())]
+    rows += [(name, "non-finite" if value is None else f"{value:.6g}") for name, value in sorted(job.last_metrics.items())]
     for field, value in rows:
         table.add_row(field, value)
     out.print(table)

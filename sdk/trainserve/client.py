@@ -211,7 +211,12 @@ class Jobs:
         as_frame: bool = False,
     ) -> Any:
         """Metric points ordered by (name, step); ``as_frame=True`` gives a pandas DataFrame (needs pandas)."""
-        points = self.metrics_page(job_id, names=names, since_step=since_step, max_points=max_points).points
+        page = self.metrics_page(job_id, names=names, since_step=since_step, max_points=max_points)
+        points = list(page.points)
+        while page.next_since_step is not None:  # the server answers a bounded page: follow its cursor to the end
+            page = self.metrics_page(job_id, names=names, since_step=page.next_since_step, max_points=max_points)
+            points.extend(page.points)
+        points.sort(key=lambda p: (p.name, p.step))
         if not as_frame:
             return points
         try:

@@ -83,7 +83,7 @@ class Job(_Answer):
     progress: Progress = Field(default_factory=Progress)
     best: Best | None = None
     latest_checkpoint_id: str | None = None
-    last_metrics: dict[str, float] = Field(default_factory=dict)
+    last_metrics: dict[str, float | None] = Field(default_factory=dict)  # None: not finite
     spec: dict[str, Any] | None = None
     report: Report | None = None
 
@@ -97,7 +97,7 @@ class MetricPoint(_Answer):
     name: str
     step: int
     epoch: int | None = None
-    value: float
+    value: float | None  # None: the value was not finite (inf, -inf or NaN)
     time: datetime | None = None
 
 
@@ -108,6 +108,7 @@ class Metrics(_Answer):
     status: str | None = None
     last_step: int | None = None
     points: list[MetricPoint] = Field(default_factory=list)
+    next_since_step: int | None = None  # set when the server stopped at its per-read cap: read on from here
 
 
 class Checkpoint(_Answer):
