@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.datainfo import DataInfo, DataSpecError, describe_data
 from service.datasets import get_dataset_or_raise
 from service.errors import JobNotFound, QuotaExceeded, SpecError, StateConflict, validation_items
-from service.models import FINISHED_STATUSES, Checkpoint, Job, utcnow
+from service.metrics import finite_or_none
+from service.models import FINISHED_STATUSES, Checkpoint, Job, MetricPoint, utcnow
 from service.nets import Issue, Limits, SpecReport, check_spec
 from service.queue import queue_for_device
 from service.registry import versions_of_job
@@ -82,7 +84,24 @@ def _issues_detail(errors: list[dict[str, str]]) -> str:
     return f"the spec has {len(errors)} problem{'s' if len(errors) != 1 else ''}: {head}{more}"
 
 
+QUOTA_WINDOW = timedelta(minutes=1)
+
+
+def _deleted_tenant(tenant: str) -> str:
+    """Whose a deleted job becomes while it still counts toward its tenant's per-minute submissions: no key maps
+    to it, so no request reads it, and it keeps the tenant's submission time on the (tenant, created_at) index."""
+    return "~deleted~" + hashlib.sha256(tenant.encode()).hexdigest()[:40]
+
+
+def _lock_tenant_quota(session: Session, *, tenant: str) -> None:
+    # Count-then-insert must not interleave between two submissions of one tenant. SQLite's BEGIN IMMEDIATE
+    # already serialises writers; PostgreSQL takes a lock per tenant, held until this transaction ends.
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": "trainserve.quota:" + tenant})
+
+
 def _enforce_quotas(session: Session, *, tenant: str, settings: Settings) -> None:
+    _lock_tenant_quota(session, tenant=tenant)
     active = session.scalar(
         select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(("queued", "running")))
     ) or 0
@@ -90,10 +109,9 @@ def _enforce_quotas(session: Session, *, tenant: str, settings: Settings) -> Non
         raise QuotaExceeded(
             f"{active} jobs are queued or running, the limit is {settings.max_running_jobs_per_tenant}; "
             "wait for one to finish or cancel one", retry_after=10)
-    since = utcnow() - timedelta(minutes=1)
-    recent = session.scalar(
-        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.created_at >= since)
-    ) or 0
+    since = utcnow() - QUOTA_WINDOW
+    recent = session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant.in_((tenant, _deleted_tenant(tenant))), Job.created_at >= since)) or 0
     if recent >= settings.max_submissions_per_minute:
         raise QuotaExceeded(
             f"{recent} jobs submitted in the last minute, the limit is {settings.max_submissions_per_minute}",
@@ -199,7 +217,19 @@ def delete_job(session: Session, *, tenant: str, job_id: str) -> None:
     if registered:
         raise StateConflict(f"job {job_id} has registered model versions: {', '.join(registered)}; "
                             "a version pins its checkpoint, so the job cannot be deleted")
-    session.execute(delete(Job).where(Job.id == job.id))
+    since = utcnow() - QUOTA_WINDOW
+    gone = _deleted_tenant(tenant)
+    session.execute(delete(Job).where(Job.tenant == gone, Job.created_at < since))  # past the window: purge
+    if _as_utc(job.created_at) is not None and _as_utc(job.created_at) >= since:  # type: ignore[operator]
+        # Still inside the per-minute window: keep an empty row under a tenant no key maps to, so deleting
+        # jobs cannot reset the submission count; its points and checkpoints go now.
+        session.execute(delete(MetricPoint).where(MetricPoint.job_id == job.id))
+        session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
+        session.execute(update(Job).where(Job.id == job.id).values(
+            tenant=gone, name=None, idempotency_key=None, spec={}, report={}, data_info={}, last_metrics={},
+            best_checkpoint_id=None, latest_checkpoint_id=None, sweep_id=None, trial_number=None))
+    else:
+        session.execute(delete(Job).where(Job.id == job.id))
     log.info("job.deleted job_id=%s", job_id)
 
 
@@ -249,10 +279,15 @@ def job_read(session: Session, job: Job, *, full: bool = True, view: QueueView |
         progress=job_progress(job),
         best=best,
         latest_checkpoint_id=job.latest_checkpoint_id,
-        last_metrics=dict(job.last_metrics or {}),
+        last_metrics={k: _finite_or_none(v) for k, v in (job.last_metrics or {}).items()},
         spec=job.spec if full else None,
         report=job.report if full else None,
     )
+
+
+def _finite_or_none(value: Any) -> float | None:
+    # A job stored before non-finite values were written as null may still hold one (SQLite kept -Infinity).
+    return None if value is None else finite_or_none(value)
 
 
 def _waiting_reason(session: Session, job: Job, view: QueueView | None) -> str | None:

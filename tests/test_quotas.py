@@ -1,0 +1,91 @@
+"""Submission quotas hold: deleting jobs does not reset the per-minute count, and parallel submissions on
+PostgreSQL cannot pass the running-job cap (count-then-insert runs under a per-tenant lock)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import make_engine
+from service.errors import JobNotFound, QuotaExceeded
+from service.jobs import cancel_job, delete_job, get_job_or_raise, list_jobs, submit_job
+from service.migrate import migrate_to_head
+from service.models import Job
+from service.settings import Settings
+from service.spec import SEED_EXAMPLE, JobSpec
+from tests.conftest import create_pg_database, drop_pg_database
+
+SPEC = JobSpec.model_validate(SEED_EXAMPLE)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sessions(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
+    home = tmp_path_factory.mktemp("quotas")
+    if request.param == "postgres":
+        request.getfixturevalue("pg_url")  # fails under CI=true, skips elsewhere, when PostgreSQL is not there
+        url = create_pg_database()
+    else:
+        url = f"sqlite:///{home / 'quotas.db'}"
+    migrate_to_head(url)
+    engine = make_engine(Settings(database_url=url, home=home))
+    try:
+        yield sessionmaker(bind=engine, expire_on_commit=False)
+    finally:
+        engine.dispose()
+        if request.param == "postgres":
+            drop_pg_database(url)
+
+
+def _submit(sessions: sessionmaker[Session], settings: Settings, tenant: str = "t") -> str:
+    with sessions() as session:
+        job, created = submit_job(session, tenant=tenant, spec=SPEC, idempotency_key=None, settings=settings)
+        session.commit()
+        assert created
+        return job.id
+
+
+def test_deleting_jobs_does_not_reset_the_per_minute_count(sessions: sessionmaker[Session]) -> None:
+    settings = Settings(max_submissions_per_minute=3, max_running_jobs_per_tenant=100)
+    for _ in range(3):
+        job_id = _submit(sessions, settings)
+        with sessions() as session:
+            cancel_job(session, tenant="t", job_id=job_id)
+            delete_job(session, tenant="t", job_id=job_id)
+            session.commit()
+        with sessions() as session, pytest.raises(JobNotFound):
+            get_job_or_raise(session, tenant="t", job_id=job_id)  # deleted is deleted for the tenant
+    with sessions() as session:
+        assert list_jobs(session, tenant="t", status=None, limit=10, cursor=None, settings=settings).items == []
+    with pytest.raises(QuotaExceeded, match="3 jobs submitted in the last minute, the limit is 3"):
+        _submit(sessions, settings)
+    _submit(sessions, settings, tenant="other")  # another tenant's count is its own
+
+
+@pytest.mark.postgres
+def test_parallel_submissions_never_pass_the_running_job_cap(sessions: sessionmaker[Session]) -> None:
+    settings = Settings(max_running_jobs_per_tenant=3, max_submissions_per_minute=1000)
+    n = 16
+    start = threading.Barrier(n)
+    outcomes: list[str] = []
+
+    def submit() -> None:
+        start.wait()
+        try:
+            _submit(sessions, settings)
+            outcomes.append("created")
+        except QuotaExceeded:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=submit) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with sessions() as session:
+        queued = session.scalar(select(func.count()).select_from(Job).where(Job.tenant == "t"))
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * (n - 3)
+    assert queued == 3
