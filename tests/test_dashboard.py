@@ -2,7 +2,8 @@
 
 Covers what a user does in the browser: enter the API key, submit a spec from the submit page, watch the
 loss curve grow while the job runs, see a shape error at its JSON path before submitting, cancel a running
-job, filter the jobs list. Every test also asserts the page logged no console error.
+job, filter the jobs list, compare picked jobs, follow a sweep's trials, read the model registry. Every test
+also asserts the page logged no console error.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from service.spec import SEED_EXAMPLE
-
-if TYPE_CHECKING:  # the fixture's type only: conftest is pytest's to import
-    from tests.conftest import LiveServer
+from tests.conftest import LiveServer, start_server, stop_server
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +83,21 @@ class Dashboard:
         return int(self.page.get_by_test_id("chart-loss").get_attribute("data-points") or 0)
 
 
+@pytest.fixture(scope="module")
+def cpu_only_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """An embedded server whose worker sees no CUDA device, on any host: the waiting-reason test needs a gpu
+    queue nobody consumes, and the others train on the CPU anyway."""
+    server = start_server(tmp_path_factory.mktemp("dashboard") / "home", env_extra={"CUDA_VISIBLE_DEVICES": ""})
+    yield server
+    stop_server(server.proc)
+
+
 @pytest.fixture
-def dashboard(browser: Browser, embedded_server: LiveServer) -> Iterator[Dashboard]:
+def dashboard(browser: Browser, cpu_only_server: LiveServer) -> Iterator[Dashboard]:
     context = browser.new_context(viewport={"width": 1366, "height": 900})
     page = context.new_page()
     page.set_default_timeout(30_000)
-    dash = Dashboard(page=page, server=embedded_server)
+    dash = Dashboard(page=page, server=cpu_only_server)
 
     def on_console(message: ConsoleMessage) -> None:
         if message.type == "error":
@@ -232,7 +240,7 @@ def test_a_refused_key_brings_the_key_form_back(dashboard: Dashboard) -> None:
     assert [e for e in dashboard.console_errors if "401" not in e] == []
 
 
-def test_a_cuda_job_on_a_cpu_only_install_shows_why_it_waits(dashboard: Dashboard) -> None:
+def test_a_cuda_job_on_a_host_without_cuda_shows_why_it_waits(dashboard: Dashboard) -> None:
     page = dashboard.page
     with dashboard.server.client() as client:
         job_id = client.post("/jobs", json=seed_spec(device="cuda")).json()["id"]
@@ -245,4 +253,94 @@ def test_a_cuda_job_on_a_cpu_only_install_shows_why_it_waits(dashboard: Dashboar
             expect(facts).to_contain_text("no live worker consumes the 'gpu' queue")
         finally:
             client.post(f"/jobs/{job_id}/cancel")
+    assert dashboard.console_errors == []
+
+
+def finished_jobs(server: LiveServer, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    with server.client() as client:
+        ids = [client.post("/jobs", json=spec).json()["id"] for spec in specs]
+    jobs = [server.wait_for_job(i, timeout=JOB_TIMEOUT_MS / 1000) for i in ids]
+    assert [j["status"] for j in jobs] == ["succeeded"] * len(jobs), [j["error"] for j in jobs]
+    return jobs
+
+
+def test_jobs_picked_in_the_list_open_side_by_side_with_what_differs(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    specs = [seed_spec(epochs=3), seed_spec(epochs=3)]
+    specs[1]["optimizer"]["lr"] = 0.01
+    jobs = finished_jobs(dashboard.server, specs)
+    ids = [j["id"] for j in jobs]
+
+    dashboard.open("#/jobs")
+    dashboard.log_in()
+    expect(page.get_by_test_id("compare-jobs")).to_be_disabled()
+    for job_id in ids:
+        page.locator(f'tr[data-job-id="{job_id}"] [data-testid="compare-pick"]').check()
+    page.get_by_test_id("compare-jobs").click()
+    page.wait_for_url(f"**/#/compare?ids={ids[0]},{ids[1]}")
+
+    lr = page.locator('[data-testid="spec-diff"] tr[data-path="optimizer.lr"] td')
+    expect(lr).to_have_text(["optimizer.lr", "0.001", "0.01"])  # each job's value, in the order picked
+    expect(page.locator('[data-testid="spec-diff"] tr[data-path="training.epochs"]')).to_have_count(0)
+    # Every point of both runs is on the overlaid chart.
+    with dashboard.server.client() as client:
+        total = sum(len(client.get(f"/jobs/{i}/metrics", params={"names": "train_loss"}).json()["points"]) for i in ids)
+    expect(page.get_by_test_id("compare-chart-train_loss")).to_have_attribute("data-points", str(total))
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-compare.png")), full_page=True)
+    page.locator(f'[data-testid="compare-jobs"] tr[data-job-id="{ids[1]}"] a').click()
+    page.wait_for_url(f"**/#/jobs/{ids[1]}")
+    assert dashboard.console_errors == []
+
+
+def test_a_sweep_lists_its_trials_best_first_with_their_curves_and_parameters(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    body = {
+        "name": "dash-sweep",
+        "spec": seed_spec(epochs=3, validation_split=0.25),
+        "space": {"optimizer.lr": {"choice": [0.0001, 0.01]}},
+        "search": {"method": "grid", "trials": 2, "parallel": 1, "seed": 0},
+        "objective": {"metric": "val_loss", "mode": "min"},
+    }
+    with dashboard.server.client() as client:
+        response = client.post("/sweeps", json=body)
+        assert response.status_code == 201, response.text
+        sweep_id = response.json()["id"]
+
+    dashboard.open("#/sweeps")
+    dashboard.log_in()
+    page.locator(f'tr[data-sweep-id="{sweep_id}"] [data-testid="sweep-link"]').click()
+    page.wait_for_url(f"**/#/sweeps/{sweep_id}")
+    rows = page.locator('[data-testid="trials"] tbody tr')
+    expect(rows.locator("[data-testid=trial-value]").nth(1)).not_to_be_empty(timeout=JOB_TIMEOUT_MS)
+    with dashboard.server.client() as client:
+        sweep = client.get(f"/sweeps/{sweep_id}").json()
+    best = min(sweep["trials"], key=lambda t: t["value"])
+    expect(rows.first).to_have_attribute("data-job-id", best["job_id"])  # best first
+    expect(page.get_by_test_id("sweep-chart-val_loss")).not_to_have_attribute("data-points", "0")
+    expect(page.locator('[data-testid="param-plot"][data-param="optimizer.lr"]')).to_have_attribute("data-points", "2")
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-sweep.png")), full_page=True)
+    rows.first.get_by_test_id("trial-link").click()
+    page.wait_for_url(f"**/#/jobs/{best['job_id']}")
+    expect(page.get_by_test_id("job-sweep")).to_be_visible()
+    assert dashboard.console_errors == []
+
+
+def test_the_models_page_shows_versions_and_aliases(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    job = finished_jobs(dashboard.server, [seed_spec(epochs=2)])[0]
+    name = f"dash-model-{job['id'][:6]}"
+    with dashboard.server.client() as client:
+        for _ in range(2):
+            response = client.post("/models", json={"name": name, "job_id": job["id"], "checkpoint": "latest"})
+            assert response.status_code == 201, response.text
+        assert client.put(f"/models/{name}/aliases/prod", json={"version": 1}).status_code == 200
+
+    dashboard.open("#/models")
+    dashboard.log_in()
+    card = page.locator(f'[data-model="{name}"]')
+    expect(card.locator('[data-testid="model-versions"] tbody tr')).to_have_count(2)
+    expect(card.get_by_test_id("model-aliases")).to_have_text(f"{name}@prod → v1")
+    expect(card.locator('tr[data-version="1"] .tag')).to_have_text("prod")
+    card.locator('tr[data-version="2"] a').click()
+    page.wait_for_url(f"**/#/jobs/{job['id']}")
     assert dashboard.console_errors == []

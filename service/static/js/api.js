@@ -67,6 +67,11 @@ export const api = {
     request("GET", `jobs/${encodeURIComponent(id)}/metrics?${new URLSearchParams(params)}`, { signal }),
   checkpoints: (id, signal) => request("GET", `jobs/${encodeURIComponent(id)}/checkpoints`, { signal }),
   predict: (payload) => request("POST", "predict", { body: payload }),
+  compare: (params, signal) => request("GET", `jobs/compare?${new URLSearchParams(params)}`, { signal }),
+  listSweeps: (params, signal) => request("GET", `sweeps?${new URLSearchParams(params)}`, { signal }),
+  getSweep: (id, signal) => request("GET", `sweeps/${encodeURIComponent(id)}`, { signal }),
+  listModels: (params, signal) => request("GET", `models?${new URLSearchParams(params)}`, { signal }),
+  getModel: (name, signal) => request("GET", `models/${encodeURIComponent(name)}`, { signal }),
 };
 
 // An <a download> cannot carry the Authorization header, so the file is fetched here and handed to the

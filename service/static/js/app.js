@@ -1,19 +1,36 @@
-// The dashboard's entry: hash routing (#/jobs, #/jobs/{id}, #/submit) and the API key form.
+// The dashboard's entry: hash routing (#/jobs, #/jobs/{id}, #/submit, #/compare?ids=, #/sweeps[/{id}],
+// #/models) and the API key form.
 
 import { clearKey, getKey, setKey, setUnauthorizedHandler } from "./api.js";
+import { renderCompare } from "./compare/page.js";
 import { renderJob } from "./job/page.js";
 import { renderJobs } from "./jobs.js";
+import { renderModels } from "./models.js";
 import { renderSubmit } from "./submit/page.js";
+import { renderSweeps } from "./sweeps/list.js";
+import { renderSweep } from "./sweeps/page.js";
 import { announce, h } from "./ui.js";
 
 const main = document.getElementById("main");
 let cleanup = null;
 
+const TITLES = { submit: "Submit a job", compare: "Compare jobs", sweeps: "Sweeps", models: "Models" };
+
+// "#/compare?ids=A,B" → the page, the title of the nav entry it belongs to and its render function.
 function route() {
-  const path = location.hash.replace(/^#/, "") || "/jobs";
+  const [path, query = ""] = (location.hash.replace(/^#/, "") || "/jobs").split("?");
+  const params = new URLSearchParams(query);
   const job = path.match(/^\/jobs\/([^/]+)$/);
   if (job) return { page: "job", render: (el) => renderJob(el, decodeURIComponent(job[1])) };
+  const sweep = path.match(/^\/sweeps\/([^/]+)$/);
+  if (sweep) return { page: "sweeps", render: (el) => renderSweep(el, decodeURIComponent(sweep[1])) };
+  if (path === "/compare") {
+    const ids = (params.get("ids") || "").split(",").filter(Boolean);
+    return { page: "compare", render: (el) => renderCompare(el, ids) };
+  }
   if (path === "/submit") return { page: "submit", render: renderSubmit };
+  if (path === "/sweeps") return { page: "sweeps", render: renderSweeps };
+  if (path === "/models") return { page: "models", render: renderModels };
   return { page: "jobs", render: renderJobs };
 }
 
@@ -34,7 +51,7 @@ function showPage() {
     if (link.dataset.nav === page) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  document.title = page === "submit" ? "Submit a job · trainserve" : "Jobs · trainserve"; // the job page names its job
+  document.title = `${TITLES[page] || "Jobs"} · trainserve`; // a job's or a sweep's page names it once loaded
   cleanup = render(main) || null;
 }
 

@@ -14,6 +14,9 @@ const COLORS = {
   lr: "#d97706",
 };
 
+// Distinct colours for overlaid runs (compare, a sweep's trials), told apart by position, not by metric.
+export const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#d97706", "#0891b2", "#db2777", "#65a30d", "#475569"];
+
 // Points by metric name, each series sorted by step with one value per step (a resumed job re-sends the
 // steps past its checkpoint: the newer value replaces the older one).
 export class MetricStore {
@@ -106,8 +109,9 @@ function align(store, names, transform) {
 // One chart of a few named series from a MetricStore. `options.log` switches the y axis to a log scale
 // (non-positive values are dropped), `options.smoothing` (0..1) applies the moving average.
 export class MetricChart {
-  constructor({ title, names, testid, smoothable = true, height = 200 }) {
+  constructor({ title, names, testid, smoothable = true, height = 200, palette = null }) {
     this.height = height;
+    this.palette = palette; // colours by position in `names` instead of by metric name
     this.title = title;
     this.allNames = names;
     this.smoothable = smoothable;
@@ -182,13 +186,18 @@ export class MetricChart {
         { label: "step" },
         ...names.map((name) => ({
           label: name,
-          stroke: COLORS[name] || "#475569",
+          stroke: this.colorOf(name),
           width: 1.5,
           spanGaps: true,
           value: (_, v) => (v === null ? "–" : v.toPrecision(4)),
         })),
       ],
     };
+  }
+
+  colorOf(name) {
+    if (this.palette) return this.palette[this.allNames.indexOf(name) % this.palette.length];
+    return COLORS[name] || "#475569";
   }
 
   destroyPlot() {

@@ -1,11 +1,12 @@
-// The jobs page (#/jobs): the tenant's jobs, newest first, filtered by status and refreshed every 2 s.
+// The jobs page (#/jobs): the tenant's jobs, newest first, filtered by status and refreshed every 2 s; jobs
+// picked with their checkboxes open side by side on the compare page.
 
 import { api } from "./api.js";
 import { formatBest, formatDuration, formatTime, h, jobDuration, progressBar, statusBadge } from "./ui.js";
 
 const POLL_MS = 2000;
 const PAGE_SIZE = 50;
-const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "pruned"];
 const FILTER_STORAGE = "trainserve.jobsFilter";
 
 export function renderJobs(main) {
@@ -16,6 +17,7 @@ export function renderJobs(main) {
   let older = []; // pages loaded with "Load older jobs"; the poll refreshes only the first page
   let nextCursor = null;
   const rows = new Map();
+  const picker = comparePicker();
 
   const filter = h(
     "select",
@@ -41,6 +43,7 @@ export function renderJobs(main) {
           { class: "row" },
           h("label", { for: "status-filter" }, "Status"),
           filter,
+          picker.button,
           h("a", { class: "button", href: "#/submit" }, "Submit a job"),
         ),
       ),
@@ -54,6 +57,7 @@ export function renderJobs(main) {
           h(
             "tr",
             {},
+            h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Compare")),
             ["Status", "Progress", "Name", "Created"].map((t) => h("th", { scope: "col" }, t)),
             ["Duration", "Best"].map((t) => h("th", { scope: "col", class: "num" }, t)),
           ),
@@ -78,7 +82,7 @@ export function renderJobs(main) {
     const seen = new Set();
     jobs.forEach((job, i) => {
       let entry = rows.get(job.id);
-      if (!entry) rows.set(job.id, (entry = makeRow(job.id)));
+      if (!entry) rows.set(job.id, (entry = makeRow(job.id, picker)));
       updateRow(entry, job);
       seen.add(job.id);
       if (body.children[i] !== entry.tr) body.insertBefore(entry.tr, body.children[i] || null);
@@ -138,9 +142,31 @@ export function renderJobs(main) {
   };
 }
 
+// The jobs picked for comparison, in the order picked, and the button that opens #/compare?ids=...
+function comparePicker() {
+  const picked = [];
+  const button = h("button", { type: "button", class: "secondary", disabled: true, "data-testid": "compare-jobs" }, "Compare");
+  const refresh = () => {
+    button.disabled = picked.length < 2;
+    button.textContent = picked.length ? `Compare (${picked.length})` : "Compare";
+  };
+  button.addEventListener("click", () => {
+    location.hash = `#/compare?ids=${picked.map(encodeURIComponent).join(",")}`;
+  });
+  const toggle = (id, on) => {
+    const i = picked.indexOf(id);
+    if (on && i < 0) picked.push(id);
+    if (!on && i >= 0) picked.splice(i, 1);
+    refresh();
+  };
+  return { button, toggle };
+}
+
 // Rows are kept and updated in place, so a poll does not steal keyboard focus from a link in the table.
-function makeRow(id) {
+function makeRow(id, picker) {
+  const pick = h("input", { type: "checkbox", "data-testid": "compare-pick", onchange: (e) => picker.toggle(id, e.target.checked) });
   const cells = {
+    pick,
     status: statusBadge("queued"),
     progress: progressBar(null, ""),
     link: h("a", { href: `#/jobs/${encodeURIComponent(id)}`, "data-testid": "job-link" }),
@@ -151,6 +177,7 @@ function makeRow(id) {
   const tr = h(
     "tr",
     { "data-job-id": id },
+    h("td", {}, cells.pick),
     h("td", {}, cells.status),
     h("td", {}, cells.progress),
     h("td", {}, cells.link),
@@ -171,6 +198,7 @@ function updateRow({ tr, cells }, job) {
   cells.progress.title = `${(fraction * 100).toFixed(0)} %`;
   cells.progress.setAttribute("aria-label", `Progress of ${name}`);
   cells.link.textContent = name;
+  cells.pick.setAttribute("aria-label", `Compare ${name}`);
   cells.created.textContent = formatTime(job.created_at);
   cells.created.title = job.created_at;
   cells.duration.textContent = formatDuration(jobDuration(job));

@@ -32,7 +32,7 @@ export function announce(text) {
   setTimeout(() => (region.textContent = text), 50);
 }
 
-export const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+export const FINISHED = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 
 export function statusBadge(status) {
   return h("span", { class: `badge badge-${status}`, "data-testid": "job-status" }, status);
