@@ -36,7 +36,8 @@ def record_checkpoint(session: Session, *, job: Job, step: int, epoch: int, metr
                       size_bytes=len(weights) + len(state))
     session.add(ckpt)
     session.flush()
-    job.latest_checkpoint_id = ckpt.id
+    if state:  # a best-weights checkpoint (an earlier epoch's weights, no state) is never the one to resume from
+        job.latest_checkpoint_id = ckpt.id
     best = session.get(Checkpoint, job.best_checkpoint_id, options=[defer(Checkpoint.weights), defer(Checkpoint.state)]) \
         if job.best_checkpoint_id else None
     if best is None or _better(value, best.value, mode) or (best.value is None and value is None):

@@ -7,7 +7,7 @@ Structure is checked here (pydantic, ``extra="forbid"``, a ``type`` discriminato
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -249,7 +249,25 @@ LearningRate = Annotated[float, Field(gt=0.0, le=1e3)]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-class SGD(StrictModel):
+class _ForeachKernel(StrictModel):
+    # PyTorch's own implementation switches; None means what it means in PyTorch (its default choice), so a job
+    # trains bit for bit like the same optimizer written by hand.
+    foreach: bool | None = None
+
+
+class _FusableKernel(_ForeachKernel):
+    # True: one fused kernel per step, faster (15-25 % per step on small CPU models) but not bit-identical to
+    # the default implementation. The documented opt-in.
+    fused: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_kernel(self) -> Self:
+        if self.fused and self.foreach:
+            raise ValueError("fused and foreach cannot both be true")
+        return self
+
+
+class SGD(_FusableKernel):
     type: Literal["SGD"]
     lr: LearningRate = 1e-3
     momentum: Annotated[float, Field(ge=0.0)] = 0.0
@@ -264,7 +282,7 @@ class SGD(StrictModel):
         return self
 
 
-class Adam(StrictModel):
+class Adam(_FusableKernel):
     type: Literal["Adam"]
     lr: LearningRate = 1e-3
     betas: tuple[Beta, Beta] = (0.9, 0.999)
@@ -273,7 +291,7 @@ class Adam(StrictModel):
     amsgrad: bool = False
 
 
-class AdamW(StrictModel):
+class AdamW(_FusableKernel):
     type: Literal["AdamW"]
     lr: LearningRate = 1e-3
     betas: tuple[Beta, Beta] = (0.9, 0.999)
@@ -282,7 +300,7 @@ class AdamW(StrictModel):
     amsgrad: bool = False
 
 
-class RMSprop(StrictModel):
+class RMSprop(_ForeachKernel):  # PyTorch has no fused RMSprop
     type: Literal["RMSprop"]
     lr: LearningRate = 1e-2
     alpha: Annotated[float, Field(ge=0.0)] = 0.99
