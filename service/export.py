@@ -40,6 +40,9 @@ _EXAMPLE_ROWS = 2
 class ExportWrapper(nn.Module):
     """Raw rows (batch, features) -> (logits, probabilities) for classifiers, (values,) for regressors."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, *, task: str, input_shape: tuple[int, ...], mean: torch.Tensor | None,
                  std: torch.Tensor | None) -> None:
         super().__init__()
@@ -94,7 +97,7 @@ def _to_onnx(wrapper: ExportWrapper, example: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, once per export
-        torch.onnx.export(wrapper, (example,), buffer, input_names=["input"], output_names=names,
+        torch.onnx.export(wrapper, (example,), buffer,  # type: ignore[arg-type]  # any binary file object works input_names=["input"], output_names=names,
                           dynamic_axes={name: {0: "batch"} for name in ["input", *names]},
                           opset_version=ONNX_OPSET, dynamo=False)
     return buffer.getvalue()

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from service.checkpoints import resolve_checkpoint_id
 from service.errors import NotFound, SpecError, StateConflict
-from service.models import Checkpoint, ModelAlias, ModelVersion, RegisteredModel
+from service.models import ModelAlias, ModelVersion, RegisteredModel
 from service.schemas import (
     ALIAS_PATTERN,
     MODEL_NAME_PATTERN,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -41,16 +41,16 @@ def _columns(session: Session, job: Job, spec: JobSpec) -> tuple[list[str] | Non
     """(feature names, target names) of the job's data, where it has names."""
     data = spec.data
     if isinstance(data, BuiltinData):
-        features = builtin_feature_names(data.name)
-        return (list(features) if features else None), (["target"] if task_kind(spec.loss.type) == "regression"
+        names = builtin_feature_names(data.name)
+        return (list(names) if names else None), (["target"] if task_kind(spec.loss.type) == "regression"
                                                         else None)
     if isinstance(data, DatasetData):
         row = session.scalar(select(Dataset.description).where(Dataset.id == data.dataset_id,
                                                                Dataset.tenant == job.tenant))
         if row is None:  # deleted since: the shapes still hold, the names are gone
             return None, None
-        features, targets = resolve_columns(data, DatasetDescription.from_json(row), spec.loss.type)
-        return features, targets
+        columns, targets = resolve_columns(data, DatasetDescription.from_json(row), spec.loss.type)
+        return columns, targets
     return None, None
 
 
@@ -68,7 +68,7 @@ def build_signature(session: Session, *, job: Job, checkpoint_meta: dict[str, An
         features = None  # a reshape or an NPZ array column: the names do not map onto the values one to one
     task = str(checkpoint_meta.get("task") or task_kind(spec.loss.type))
     classes = checkpoint_meta.get("classes")
-    kind = "classes" if task in ("classification", "binary") else "values"
+    kind: Literal["classes", "values"] = "classes" if task in ("classification", "binary") else "values"
     if kind == "classes" and not classes:
         n = int(info.n_classes or 0)
         classes = ["0", "1"] if task == "binary" and n <= 1 else [str(i) for i in range(n)] or None

@@ -8,7 +8,6 @@ import sys
 import time
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import ROOT, LiveServer, start_server, stop_server

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Response
 
@@ -29,7 +29,7 @@ Version = Annotated[int, Path(ge=1)]
 Format = Annotated[export.ExportFormat, Query(description="onnx (onnxruntime and other runtimes) or pt2 "
                                                             "(torch.export.load)")]
 
-_FILE = {200: {"description": "one self-contained file: normalization, reshape, network (and probabilities)",
+_FILE: dict[int | str, dict[str, Any]] = {200: {"description": "one self-contained file: normalization, reshape, network (and probabilities)",
                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                "headers": {"Content-Disposition": {"description": "the file name", "schema": {"type": "string"}}}}}
 
