@@ -48,3 +48,30 @@ def test_postgres_migrates_to_head_and_matches_the_models(pg_url: str) -> None:
 def _pg_marker(request: pytest.FixtureRequest) -> None:
     if "pg_url" in request.fixturenames:
         request.node.add_marker(pytest.mark.postgres)
+
+
+@pytest.mark.parametrize("command", [["api"], ["worker", "--queues", "cpu"]])
+def test_api_and_worker_refuse_to_start_behind_the_migrations(tmp_path: Path, command: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    env = {**os.environ, "TRAINSERVE_HOME": str(home), "TRAINSERVE_PORT": "1"}
+    for name in ("TRAINSERVE_DATABASE_URL", "TRAINSERVE_BROKER_URL"):
+        env.pop(name, None)
+    root = Path(__file__).resolve().parent.parent
+    # An empty database (never migrated), then one a migration behind head: both refused, naming the command.
+    for downgrade_to in (None, "-1"):
+        if downgrade_to:
+            from alembic import command as alembic_command
+
+            from service.migrate import alembic_config
+
+            url = f"sqlite:///{home / 'trainserve.db'}"
+            migrate_to_head(url)
+            alembic_command.downgrade(alembic_config(url), downgrade_to)
+        proc = subprocess.run([sys.executable, "-m", "service.cli", *command], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "trainserve-server migrate" in proc.stderr

@@ -57,6 +57,7 @@ def test_missing_or_unknown_keys_answer_401(embedded_server: LiveServer, header:
     response = httpx.get(f"{embedded_server.url}/jobs", headers=headers)
     assert response.status_code == 401
     assert response.json()["type"] == "unauthorized" and response.json()["detail"]
+    assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
 def test_health_and_docs_need_no_key(embedded_server: LiveServer) -> None:
@@ -241,3 +242,39 @@ def test_out_of_range_inputs_answer_422_with_their_path(embedded_server: LiveSer
         response = c.post("/predict", json={"job_id": finished_job["id"], "inputs": inputs})
     assert response.status_code == 422, response.text
     assert loc in [e["loc"] for e in response.json()["errors"]]
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/predict", "/datasets"])
+def test_a_request_without_a_key_is_refused_before_its_body_is_read(embedded_server: LiveServer, path: str) -> None:
+    # Over the body limit (413 if it were read) and not JSON (400 if it were parsed): the key is checked first.
+    big = b"{" * (3 * 1024 * 1024)
+    for headers in ({}, {"Authorization": "Bearer ts_not-a-key"}):
+        response = httpx.post(embedded_server.url + path, content=big, timeout=60,
+                              headers={**headers, "Content-Type": "application/json"})
+        assert response.status_code == 401, (path, response.text)
+        assert response.json()["type"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/jobs/validate", "/predict"])
+@pytest.mark.parametrize("body", [b"{not json", b'{"job_id": "\xff\xfe"}', b"\xff\xfe\x00garbage"],
+                         ids=["broken-json", "bad-utf8-in-string", "bad-utf8"])
+def test_a_body_that_is_not_json_answers_400_on_every_route(embedded_server: LiveServer, path: str,
+                                                            body: bytes) -> None:
+    with embedded_server.client() as c:
+        response = c.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["type"] == "http_error" and response.json()["errors"] == []
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("PATCH", "/jobs", "GET, POST"),
+    ("PUT", "/jobs/some-job", "DELETE, GET"),
+    ("GET", "/predict", "POST"),
+])
+def test_405_names_every_method_of_the_path(embedded_server: LiveServer, method: str, path: str, allow: str) -> None:
+    with embedded_server.client() as c:
+        response = c.request(method, path)
+    assert response.status_code == 405
+    assert response.json()["type"] == "method_not_allowed"
+    assert response.headers["Allow"] == allow
