@@ -23,6 +23,7 @@ from service.observability import RequestTelemetry, install_collector
 from service.predict import ModelCache
 from service.routes import ROUTERS
 from service.routes.health import STATIC_DIR
+from service.streams import StreamSlots
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """Train PyTorch networks described as JSON, follow their metrics, and serve predictions.
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   generate_unique_id_function=operation_id)
     app.state.settings = settings
     app.state.model_cache = ModelCache(settings.model_cache_size)
+    app.state.stream_slots = StreamSlots()
     install_error_handlers(app)
     # Added innermost first: telemetry sees every answer (401s and 413s included); the key is checked before
     # the body is read, so a request without one is refused before it can send megabytes.

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import anyio
 from sqlalchemy.orm import Session
 
 from service import jobs, sweeps
-from service.db import with_retry
+from service.db import is_transient, with_retry
 from service.queue import enqueue_training
 from service.schemas import JobRead
 from service.settings import Settings
 from service.spec import JobSpec
+from service.workers import unclaimed_jobs
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +44,55 @@ def submit_and_send(session: Session, *, tenant: str, spec: JobSpec, idempotency
     return jobs.job_read(session, job, settings=settings), created
 
 
-def reap_once(settings: Settings) -> int:
-    """One pass of the reaper; returns how many jobs it sent."""
-    # A job just put back by the lease check is also "unsent" until send_job marks it: send it once.
-    to_send = dict(with_retry(lambda s: jobs.reap_expired_leases(s, settings=settings)))
-    to_send.update(with_retry(jobs.unsent_jobs))
-    sent = sum(send_job(job_id, queue=queue, settings=settings) for job_id, queue in to_send.items())
-    # Sweeps go on even if a worker died between a trial's end and asking for the next (or the API restarted).
-    return sent + sweeps.advance_running_sweeps(settings)
+class Reaper:
+    """The API's housekeeping pass: put back jobs whose worker was lost, send what the broker never got or lost.
+
+    After a database outage it leaves expired leases alone for one lease period: workers cut off from the database
+    kept training and renew their leases as soon as it is back, and must not lose their jobs to a reaper that
+    merely saw the outage first (an outage of any length never costs a job an attempt)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._in_outage = False
+        self._reap_leases_after = 0.0
+
+    def run_once(self) -> int:
+        """One pass; returns how many jobs it sent."""
+        try:
+            return self._pass()
+        except Exception as exc:
+            if is_transient(exc) and not self._in_outage:
+                self._in_outage = True
+                log.warning("reaper.database_unavailable error=%s", exc.__class__.__name__)
+            raise
+
+    def _pass(self) -> int:
+        settings = self.settings
+        to_send = dict(with_retry(jobs.unsent_jobs, attempts=1))
+        if self._in_outage:
+            self._in_outage = False
+            self._reap_leases_after = time.monotonic() + settings.lease_seconds
+            log.info("reaper.database_back: expired leases are left to their workers for %d s",
+                     settings.lease_seconds)
+        if time.monotonic() >= self._reap_leases_after:
+            # A job just put back by the lease check is also "unsent" until send_job marks it: send it once.
+            to_send.update(with_retry(lambda s: jobs.reap_expired_leases(s, settings=settings)))
+        to_send.update(with_retry(lambda s: unclaimed_jobs(s, settings=settings)))
+        for job_id in to_send:
+            log.info("job.resend job_id=%s", job_id)
+        sent = sum(send_job(job_id, queue=queue, settings=settings) for job_id, queue in to_send.items())
+        # Sweeps go on even if a worker died between a trial's end and asking for the next (or the API restarted).
+        return sent + sweeps.advance_running_sweeps(settings)
 
 
 async def reaper_loop(settings: Settings) -> None:
     """Runs for the API's lifetime (each replica: the row locks keep two from sending one job twice)."""
+    reaper = Reaper(settings)
     while True:
         await asyncio.sleep(settings.reaper_interval_seconds)
         try:
-            await anyio.to_thread.run_sync(reap_once, settings)
-        except Exception:
+            await anyio.to_thread.run_sync(reaper.run_once)
+        except Exception as exc:
+            if is_transient(exc):  # the database is away: said once by run_once, tried again next pass
+                continue
             log.exception("reaper.failed")

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     max_rows: int = 1_000_000
     max_layers: int = 256
     max_page_size: int = 200
+    # Live metric streams open at once per tenant, per API process (each polls the database twice a second).
+    max_streams_per_tenant: int = 8
     max_predict_rows: int = 10_000
     # /predict rows × outputs per sample: the answer is built and encoded in memory.
     max_predict_values: int = 5_000_000
@@ -57,6 +59,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 5.0
     # How often a running job looks for a cancel (one indexed read): a cancel stops it within about this long.
     cancel_poll_seconds: float = 0.5
+    # Points and checkpoints a running job may hold in memory while the database is slow or away; past it the
+    # training waits (an outage pauses a job, never fails it).
+    writer_buffer_bytes: int = 256 * 1024 * 1024
     max_attempts: int = 3
     reaper_interval_seconds: float = 10.0
 
@@ -86,10 +91,6 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.home / "broker"
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
 
 @lru_cache

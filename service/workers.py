@@ -98,3 +98,36 @@ class QueueView:
         return (f"waiting for a free worker on the '{queue}' queue: {workers} live worker(s), "
                 f"{running} job(s) running there, {queued} queued")
 
+
+
+def idle_slots_by_queue(session: Session, *, settings: Settings) -> Counter[str]:
+    """Queue -> job slots of live workers consuming it that are running nothing (a worker on two queues counts
+    on both: it takes whichever message comes first)."""
+    running = running_jobs_by_worker(session)
+    idle: Counter[str] = Counter()
+    for worker in live_workers(session, settings=settings):
+        free = max(0, worker.concurrency - running[worker.name])
+        for queue in set(worker.queues):
+            idle[queue] += free
+    return idle
+
+
+def unclaimed_jobs(session: Session, *, settings: Settings) -> list[tuple[str, str]]:
+    """Queued jobs handed to the broker more than a lease ago that an idle live worker of their queue has not
+    claimed: the broker lost their message (a Redis restart without persistence, a lost message file). Oldest
+    first, at most as many per queue as there are idle slots; (job_id, queue) pairs to send again. A second
+    delivery of a message that did arrive is harmless: the job is claimed once."""
+    idle = idle_slots_by_queue(session, settings=settings)
+    if not idle:
+        return []
+    cutoff = utcnow() - timedelta(seconds=settings.lease_seconds)
+    rows = session.execute(
+        select(Job.id, Job.queue).where(Job.status == "queued", Job.enqueued_at < cutoff, Job.queue.in_(list(idle)))
+        .order_by(Job.enqueued_at)
+    ).all()
+    resend: list[tuple[str, str]] = []
+    for row in rows:
+        if idle[row.queue] > 0:
+            idle[row.queue] -= 1
+            resend.append((row.id, row.queue))
+    return resend

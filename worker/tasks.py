@@ -13,14 +13,15 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from service.checkpoints import load_resume_state, record_checkpoint
+from service.checkpoints import load_resume_state
 from service.datainfo import DataInfo
 from service.datasets import load_table
 from service.db import session_scope, with_retry
-from service.jobs import mark_enqueued
-from service.metrics import drop_points_after, record_points
+from service.dispatch import send_job
+from service.metrics import drop_points_after
 from service.models import FINISHED_STATUSES, Job, utcnow
 from service.nets import build_model
 from service.queue import TRAIN_JOB
@@ -28,17 +29,15 @@ from service.settings import Settings, get_settings
 from service.logs import current_job_id
 from service.spec import JobSpec
 from service.tabular import Table
+from worker import sweep_hooks
 from worker.celery_app import app
 from worker.data import load_data
-from worker.observability import BUSY, JOB_SECONDS, JOBS, SAMPLES_PER_SECOND, STEPS
+from worker.observability import BUSY, JOB_SECONDS, JOBS, SAMPLES_PER_SECOND
+from worker.recorder import BackgroundWriter, JobRecorder, LeaseLost, owned_job, write_until_done
 from service.workers import lease_owner
-from worker.engine import CheckpointBlob, Point, Progress, TrainingDiverged, fit, resolve_device
+from worker.engine import FitResult, TrainingDiverged, fit, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-class LeaseLost(RuntimeError):
-    """Another worker owns this job now (our lease ran out): stop without writing anything more."""
 
 
 @dataclass
@@ -89,13 +88,6 @@ def _aware(value: Any) -> Any:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def _owned_job(session: Session, job_id: str, owner: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.lease_owner != owner:
-        raise LeaseLost(job_id)
-    return job
-
-
 # Trainings in this process, so a worker told to stop can hand their jobs back at the next step.
 _active_heartbeats: set[Heartbeat] = set()
 
@@ -105,13 +97,6 @@ def drain_all() -> None:
     instead of holding the shutdown for its whole run. Called from a signal handler: flags only, no I/O."""
     for heartbeat in list(_active_heartbeats):
         heartbeat.drain()
-
-
-def _update_owned(session: Session, job_id: str, owner: str, **values: Any) -> None:
-    """Write columns of a job we hold the lease of, without loading the row (its spec and report are large)."""
-    result = session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(**values))
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        raise LeaseLost(job_id)
 
 
 class Heartbeat(threading.Thread):
@@ -177,60 +162,14 @@ class Heartbeat(threading.Thread):
         self._done.set()
 
 
-class JobRecorder:
-    """fit()'s callbacks: each writes in its own short transaction, and only while we hold the lease."""
-
-    def __init__(self, *, job_id: str, owner: str, spec: JobSpec, start_step: int = 0,
-                 last_metrics: dict[str, float] | None = None) -> None:
-        self.job_id, self.owner, self.spec = job_id, owner, spec
-        self.last_step = start_step  # a resumed run's steps count from its checkpoint
-        # Only the lease holder writes last_metrics, so this copy is the truth: no read before each write.
-        self.last_metrics = dict(last_metrics or {})
-
-    def points(self, points: list[Point]) -> None:
-        # Plain dicts, not dataclasses.asdict (which deep-copies field by field: 13 us a point).
-        rows = [{"name": p.name, "step": p.step, "epoch": p.epoch, "value": p.value, "time": p.time} for p in points]
-        last = dict(self.last_metrics)
-        for p in points:
-            last[p.name] = p.value
-            if p.name == "samples_per_s":
-                SAMPLES_PER_SECOND.set(p.value)
-
-        def write(session: Session) -> None:
-            _update_owned(session, self.job_id, self.owner, last_metrics=last)  # checks the lease first
-            record_points(session, job_id=self.job_id, points=rows)
-
-        with_retry(write)
-        self.last_metrics = last
-
-    def progress(self, progress: Progress) -> None:
-        STEPS.inc(max(0, progress.step - self.last_step))
-        self.last_step = progress.step
-        with_retry(lambda session: _update_owned(session, self.job_id, self.owner, epoch=progress.epoch,
-                                                 step=progress.step, total_steps=progress.total_steps,
-                                                 epochs=progress.epochs))
-
-    def checkpoint(self, blob: CheckpointBlob) -> None:
-        policy = self.spec.training.checkpoint
-
-        def write(session: Session) -> None:
-            job = _owned_job(session, self.job_id, self.owner)
-            record_checkpoint(session, job=job, step=blob.step, epoch=blob.epoch, metric=blob.monitor,
-                              value=blob.monitor_value, weights=blob.weights, state=blob.state,
-                              is_final=blob.is_final, keep_last=policy.keep_last, keep_best=policy.keep_best,
-                              mode=policy.mode)
-            job.epoch, job.step = blob.epoch, blob.step
-
-        with_retry(write)
-
-
 def _finish(job_id: str, owner: str, *, status: str, error: str | None = None) -> None:
-    def write(session: Session) -> None:
-        job = _owned_job(session, job_id, owner)
+    """The run's last write: it waits for the database however long it is away (a finished run is never lost)."""
+    def write(session: Session, _retry: bool) -> None:
+        job = owned_job(session, job_id, owner)
         job.status, job.error, job.finished_at = status, error, utcnow()
         job.lease_owner, job.lease_expires_at = None, None
 
-    with_retry(write)
+    write_until_done(write, what="finish")
     log.info("job.%s job_id=%s", status, job_id)
 
 
@@ -238,7 +177,7 @@ def _hand_back(job_id: str, owner: str) -> None:
     """Back to the queue, to resume from its latest checkpoint on another worker, sent at once."""
 
     def write(session: Session) -> str:
-        job = _owned_job(session, job_id, owner)
+        job = owned_job(session, job_id, owner)
         job.status, job.lease_owner, job.lease_expires_at, job.enqueued_at = "queued", None, None, None
         # Handed back, not lost: this delivery does not count against TRAINSERVE_MAX_ATTEMPTS.
         job.attempts = max(0, job.attempts - 1)
@@ -246,11 +185,7 @@ def _hand_back(job_id: str, owner: str) -> None:
 
     queue = with_retry(write)
     log.info("job.handed_back job_id=%s queue=%s: this worker is shutting down", job_id, queue)
-    try:
-        app.send_task(TRAIN_JOB, args=[job_id], queue=queue)
-        with_retry(lambda s: mark_enqueued(s, job_id=job_id))
-    except Exception as exc:  # the API's reaper sends queued jobs the broker never got
-        log.warning("job.hand_back_send_failed job_id=%s error=%s", job_id, exc)
+    send_job(job_id, queue=queue)  # if the broker is down, the API's reaper sends it once it is back
 
 
 def run_training(job_id: str, *, settings: Settings, worker_name: str | None = None) -> str | None:
@@ -279,56 +214,91 @@ def _run_claimed(job_id: str, *, settings: Settings, worker_name: str) -> str | 
     heartbeat = Heartbeat(job_id=job_id, owner=owner, settings=settings)
     heartbeat.start()
     _active_heartbeats.add(heartbeat)
+    writer = BackgroundWriter(job_id=job_id, max_bytes=settings.writer_buffer_bytes)
+    writer.start()
     try:
-        spec = JobSpec.model_validate(claim.spec)
-        info = DataInfo.from_json(claim.data_info)
-
-        def dataset_loader(dataset_id: str) -> Table:
-            return with_retry(lambda s: load_table(s, tenant=claim.tenant, dataset_id=dataset_id))
-
-        data = load_data(spec, dataset_loader=dataset_loader)
-        model = build_model(spec, info.input_shape)
-        resume, resume_step = _prepare_resume(job_id, owner)
-        recorder = JobRecorder(job_id=job_id, owner=owner, spec=spec, start_step=resume_step,
-                               last_metrics=claim.last_metrics)
-        result = fit(model, spec, data, device=resolve_device(spec.training.device),
-                     on_points=recorder.points, on_checkpoint=recorder.checkpoint, on_progress=recorder.progress,
-                     should_stop=heartbeat.stop_training.is_set, resume=resume)
-        if result.status == "cancelled":
-            if heartbeat.reason == "lease_lost":
-                raise LeaseLost(job_id)
-            if heartbeat.reason == "drained":
-                _hand_back(job_id, owner)
-                return "drained"
-            if heartbeat.reason == "timeout":
-                _finish(job_id, owner, status="failed", error=(
-                    f"timeout: the job ran longer than TRAINSERVE_JOB_TIME_LIMIT_SECONDS="
-                    f"{settings.job_time_limit_seconds}; its latest checkpoint is kept"))
-                return "failed"
-            _finish(job_id, owner, status="cancelled")
-            return "cancelled"
-        _finish(job_id, owner, status="succeeded")
-        return "succeeded"
+        result = _train(claim, owner=owner, heartbeat=heartbeat, writer=writer)
+        writer.flush()  # every point and checkpoint is in before the job says it is done
+        return _conclude(result, job_id=job_id, owner=owner, reason=heartbeat.reason, settings=settings)
     except LeaseLost:
         log.warning("job.lease_lost job_id=%s owner=%s: another worker has it", job_id, owner)
         return None
     except TrainingDiverged as exc:
-        _finish(job_id, owner, status="failed", error=str(exc))
-        return "failed"
+        return _fail(job_id, owner, writer, error=str(exc))
     except Exception as exc:
         log.exception("job.crashed job_id=%s", job_id)
-        _finish(job_id, owner, status="failed", error=f"{exc.__class__.__name__}: {exc}")
-        return "failed"
+        return _fail(job_id, owner, writer, error=user_error(exc))
     finally:
+        writer.close()
         _active_heartbeats.discard(heartbeat)
         heartbeat.close()
+
+
+def _fail(job_id: str, owner: str, writer: BackgroundWriter, *, error: str) -> str | None:
+    try:
+        writer.flush()  # the points up to the failure are kept, in order
+        _finish(job_id, owner, status="failed", error=error)
+    except LeaseLost:
+        return None
+    except Exception:  # the writer itself failed (a bug): still record the failure
+        _finish(job_id, owner, status="failed", error=error)
+    return "failed"
+
+
+def user_error(exc: BaseException) -> str:
+    """What a user reads in job.error: never SQL, parameters, hosts or ports (those go to the worker's log)."""
+    if isinstance(exc, SQLAlchemyError):
+        return f"internal error: the database refused a write ({exc.__class__.__name__}); see the worker log"
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def _train(claim: Claim, *, owner: str, heartbeat: Heartbeat, writer: BackgroundWriter) -> FitResult:
+    job_id = claim.job_id
+    spec = JobSpec.model_validate(claim.spec)
+    info = DataInfo.from_json(claim.data_info)
+
+    def dataset_loader(dataset_id: str) -> Table:
+        return write_until_done(lambda s, _r: load_table(s, tenant=claim.tenant, dataset_id=dataset_id),
+                                what="load dataset")
+
+    data = load_data(spec, dataset_loader=dataset_loader)
+    model = build_model(spec, info.input_shape)
+    resume, resume_step = _prepare_resume(job_id, owner)
+    recorder = JobRecorder(job_id=job_id, owner=owner, spec=spec, writer=writer, start_step=resume_step,
+                           last_metrics=claim.last_metrics)
+    on_points = sweep_hooks.watch_pruning(job_id, recorder.points, writer=writer, stop=lambda: heartbeat._stop("pruned"))
+    return fit(model, spec, data, device=resolve_device(spec.training.device),
+               on_points=on_points, on_checkpoint=recorder.checkpoint, on_progress=recorder.progress,
+               should_stop=heartbeat.stop_training.is_set, resume=resume)
+
+
+def _conclude(result: FitResult, *, job_id: str, owner: str, reason: str | None, settings: Settings) -> str:
+    """The job's final status from how fit() ended and why it was told to stop."""
+    if result.status != "cancelled":
+        _finish(job_id, owner, status="succeeded")
+        return "succeeded"
+    if reason == "lease_lost":
+        raise LeaseLost(job_id)
+    if reason == "drained":
+        _hand_back(job_id, owner)
+        return "drained"
+    if reason == "timeout":
+        _finish(job_id, owner, status="failed", error=(
+            f"timeout: the job ran longer than TRAINSERVE_JOB_TIME_LIMIT_SECONDS="
+            f"{settings.job_time_limit_seconds}; its latest checkpoint is kept"))
+        return "failed"
+    if reason == "pruned":  # its sweep's pruner stopped it: metrics and checkpoints stay
+        _finish(job_id, owner, status="pruned")
+        return "pruned"
+    _finish(job_id, owner, status="cancelled")
+    return "cancelled"
 
 
 def _prepare_resume(job_id: str, owner: str) -> tuple[tuple[bytes, bytes] | None, int]:
     """(weights, state) of the checkpoint to resume from, or None for a fresh start; and its step."""
 
-    def read(session: Session) -> tuple[tuple[bytes, bytes] | None, int]:
-        job = _owned_job(session, job_id, owner)
+    def read(session: Session, _retry: bool) -> tuple[tuple[bytes, bytes] | None, int]:
+        job = owned_job(session, job_id, owner)
         found = load_resume_state(session, job=job)
         # Everything after the checkpoint we resume from is recomputed: drop those points now.
         drop_points_after(session, job_id=job_id, step=found[0].step if found else 0)
@@ -338,9 +308,11 @@ def _prepare_resume(job_id: str, owner: str) -> tuple[tuple[bytes, bytes] | None
         log.info("job.resuming job_id=%s from_step=%d", job_id, ckpt.step)
         return (weights, state), ckpt.step
 
-    return with_retry(read)
+    return write_until_done(read, what="resume")
 
 
 @app.task(name=TRAIN_JOB, acks_late=True, ignore_result=True, bind=True)
 def train_job(self: Any, job_id: str) -> str | None:
-    return run_training(job_id, settings=get_settings(), worker_name=self.request.hostname)
+    status = run_training(job_id, settings=get_settings(), worker_name=self.request.hostname)
+    sweep_hooks.after_job(job_id, status, settings=get_settings())  # a sweep's trial: ask for the next
+    return status

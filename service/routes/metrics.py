@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from service import jobs, metrics
 from service.routes.deps import SessionDep, SettingsDep, TenantDep, error_responses, split_names
 from service.schemas import MetricsPage
-from service.streams import STREAM_HEADERS, event_stream
+from service.auth import key_digest
+from service.streams import STREAM_HEADERS, StreamSlots, event_stream
 
 router = APIRouter(tags=["metrics"])
 
@@ -20,7 +21,9 @@ SinceStep = Annotated[int | None, Query(ge=0, description="only points after thi
 _CSV = {"text/csv": {"schema": {"type": "string"}, "example": "name,step,epoch,value,time\n"}}
 _SSE_DESCRIPTION = ("Server-sent events: `points` (a list of MetricPointRead), `status` ({status, progress, "
                     "error}), `end` ({status, error}, then the stream closes) and `error` ({detail}, then it "
-                    "closes); comment lines keep the connection alive.")
+                    "closes: the job was deleted or the API key revoked); comment lines keep the connection alive, "
+                    "and say when the database is briefly unavailable (the stream waits it out). At most "
+                    "TRAINSERVE_MAX_STREAMS_PER_TENANT streams are open at once per tenant (429 past it).")
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=MetricsPage, name="get_metrics",
@@ -51,13 +54,17 @@ def get_metrics(session: SessionDep, tenant: TenantDep, settings: SettingsDep, j
 @router.get("/jobs/{job_id}/metrics/stream", name="stream_metrics", response_class=StreamingResponse,
             responses={200: {"description": _SSE_DESCRIPTION,
                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                       **error_responses(404)})
-def stream_metrics(session: SessionDep, tenant: TenantDep, job_id: str, names: Names = None,
-                   since_step: SinceStep = None) -> StreamingResponse:
+                       **error_responses(404, 429)})
+def stream_metrics(request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep, job_id: str,
+                   names: Names = None, since_step: SinceStep = None) -> StreamingResponse:
     """Follow a job live: its new points and status changes as server-sent events, until it finishes."""
     job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
+    digest = key_digest(request.headers.get("authorization"))
+    slots: StreamSlots = request.app.state.stream_slots
+    slots.acquire(tenant, limit=settings.max_streams_per_tenant)
     # End the request's transaction now: the stream outlives the route, and an open transaction would hold
     # SQLite's write lock (or a PostgreSQL connection) for as long as the client listens.
     session.commit()
-    return StreamingResponse(event_stream(job.id, tenant, split_names(names), since_step),
+    return StreamingResponse(event_stream(job.id, tenant, split_names(names), since_step, key_digest=digest,
+                                          slots=slots),
                              media_type="text/event-stream", headers=STREAM_HEADERS)
