@@ -22,7 +22,7 @@ from service.models import FINISHED_STATUSES, Checkpoint, Job, MetricPoint, utcn
 from service.nets import Issue, Limits, SpecReport, check_spec
 from service.queue import queue_for_device
 from service.registry import versions_of_job
-from service.schemas import BestCheckpoint, JobPage, JobRead, Progress
+from service.schemas import BestCheckpoint, JobPage, JobRead, Progress, TrialRef
 from service.settings import Settings, get_settings
 from service.spec import JobSpec
 from service.tabular import DatasetDescription
@@ -119,8 +119,11 @@ def _enforce_quotas(session: Session, *, tenant: str, settings: Settings) -> Non
 
 
 def submit_job(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: str | None,
-               settings: Settings) -> tuple[Job, bool]:
-    """Store a checked job as queued. Returns (job, created); the caller enqueues after commit when created."""
+               settings: Settings, trial_of: tuple[str, int, dict[str, Any]] | None = None) -> tuple[Job, bool]:
+    """Store a checked job as queued. Returns (job, created); the caller enqueues after commit when created.
+
+    trial_of = (sweep_id, number, trial) stores it as that sweep's trial (service.sweeps).
+    """
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
         if existing is not None:
@@ -143,12 +146,16 @@ def submit_job(session: Session, *, tenant: str, spec: JobSpec, idempotency_key:
         epochs=int(spec.training.epochs or 0) or _epochs_from_report(report),
         last_metrics={},
     )
+    if trial_of is not None:
+        job.sweep_id, job.trial_number, job.trial = trial_of
     session.add(job)
     try:
         session.flush()
     except IntegrityError:
         # Two submissions with the same key raced: the other one won, answer with its job.
         session.rollback()
+        if not idempotency_key:  # another unique rule (a sweep's trial number): the caller decides
+            raise
         existing = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
         if existing is None:
             raise
@@ -182,10 +189,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_jobs(session: Session, *, tenant: str, status: str | None, limit: int, cursor: str | None,
-              settings: Settings) -> JobPage:
+              settings: Settings, sweep_id: str | None = None) -> JobPage:
     query = select(Job).where(Job.tenant == tenant)
     if status:
         query = query.where(Job.status == status)
+    if sweep_id:
+        query = query.where(Job.sweep_id == sweep_id)
     if cursor:
         created, job_id = _decode_cursor(cursor)
         query = query.where((Job.created_at < created) | ((Job.created_at == created) & (Job.id < job_id)))
@@ -282,6 +291,8 @@ def job_read(session: Session, job: Job, *, full: bool = True, view: QueueView |
         last_metrics={k: _finite_or_none(v) for k, v in (job.last_metrics or {}).items()},
         spec=job.spec if full else None,
         report=job.report if full else None,
+        sweep_id=job.sweep_id,
+        trial=TrialRef(number=job.trial["number"], params=job.trial["params"]) if job.trial else None,
     )
 
 
