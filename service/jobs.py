@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -18,7 +17,7 @@ from service.datainfo import DataInfo, DataSpecError, describe_data
 from service.datasets import get_dataset_or_raise
 from service.errors import JobNotFound, QuotaExceeded, SpecError, StateConflict, validation_items
 from service.metrics import finite_or_none
-from service.models import FINISHED_STATUSES, Checkpoint, Job, MetricPoint, utcnow
+from service.models import FINISHED_STATUSES, Checkpoint, Job, Submission, utcnow
 from service.nets import Issue, Limits, SpecReport, check_spec
 from service.queue import queue_for_device
 from service.registry import versions_of_job
@@ -87,12 +86,6 @@ def _issues_detail(errors: list[dict[str, str]]) -> str:
 QUOTA_WINDOW = timedelta(minutes=1)
 
 
-def _deleted_tenant(tenant: str) -> str:
-    """Whose a deleted job becomes while it still counts toward its tenant's per-minute submissions: no key maps
-    to it, so no request reads it, and it keeps the tenant's submission time on the (tenant, created_at) index."""
-    return "~deleted~" + hashlib.sha256(tenant.encode()).hexdigest()[:40]
-
-
 def _lock_tenant_quota(session: Session, *, tenant: str) -> None:
     # Count-then-insert must not interleave between two submissions of one tenant. SQLite's BEGIN IMMEDIATE
     # already serialises writers; PostgreSQL takes a lock per tenant, held until this transaction ends.
@@ -110,8 +103,9 @@ def _enforce_quotas(session: Session, *, tenant: str, settings: Settings) -> Non
             f"{active} jobs are queued or running, the limit is {settings.max_running_jobs_per_tenant}; "
             "wait for one to finish or cancel one", retry_after=10)
     since = utcnow() - QUOTA_WINDOW
-    recent = session.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant.in_((tenant, _deleted_tenant(tenant))), Job.created_at >= since)) or 0
+    session.execute(delete(Submission).where(Submission.tenant == tenant, Submission.created_at < since))
+    recent = session.scalar(select(func.count()).select_from(Submission).where(
+        Submission.tenant == tenant, Submission.created_at >= since)) or 0
     if recent >= settings.max_submissions_per_minute:
         raise QuotaExceeded(
             f"{recent} jobs submitted in the last minute, the limit is {settings.max_submissions_per_minute}",
@@ -151,6 +145,7 @@ def submit_job(session: Session, *, tenant: str, spec: JobSpec, idempotency_key:
     session.add(job)
     try:
         session.flush()
+        session.add(Submission(tenant=tenant, created_at=job.created_at))
     except IntegrityError:
         # Two submissions with the same key raced: the other one won, answer with its job.
         session.rollback()
@@ -226,19 +221,7 @@ def delete_job(session: Session, *, tenant: str, job_id: str) -> None:
     if registered:
         raise StateConflict(f"job {job_id} has registered model versions: {', '.join(registered)}; "
                             "a version pins its checkpoint, so the job cannot be deleted")
-    since = utcnow() - QUOTA_WINDOW
-    gone = _deleted_tenant(tenant)
-    session.execute(delete(Job).where(Job.tenant == gone, Job.created_at < since))  # past the window: purge
-    if _as_utc(job.created_at) is not None and _as_utc(job.created_at) >= since:  # type: ignore[operator]
-        # Still inside the per-minute window: keep an empty row under a tenant no key maps to, so deleting
-        # jobs cannot reset the submission count; its points and checkpoints go now.
-        session.execute(delete(MetricPoint).where(MetricPoint.job_id == job.id))
-        session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
-        session.execute(update(Job).where(Job.id == job.id).values(
-            tenant=gone, name=None, idempotency_key=None, spec={}, report={}, data_info={}, last_metrics={},
-            best_checkpoint_id=None, latest_checkpoint_id=None, sweep_id=None, trial_number=None))
-    else:
-        session.execute(delete(Job).where(Job.id == job.id))
+    session.execute(delete(Job).where(Job.id == job.id))
     log.info("job.deleted job_id=%s", job_id)
 
 
@@ -261,7 +244,8 @@ def job_progress(job: Job) -> Progress:
                     fraction=round(fraction, 4), eta_seconds=eta)
 
 
-def job_read(session: Session, job: Job, *, full: bool = True, view: QueueView | None = None) -> JobRead:
+def job_read(session: Session, job: Job, *, full: bool = True, view: QueueView | None = None,
+             settings: Settings | None = None) -> JobRead:
     """The job as the API shows it; a queued job also says what it waits for (one extra read, or `view`'s)."""
     best: BestCheckpoint | None = None
     if job.best_checkpoint_id:
@@ -284,7 +268,7 @@ def job_read(session: Session, job: Job, *, full: bool = True, view: QueueView |
         cancel_requested=job.cancel_requested,
         device=str(job.spec.get("training", {}).get("device", "auto")),
         queue=job.queue,
-        waiting_reason=_waiting_reason(session, job, view),
+        waiting_reason=_waiting_reason(session, job, view, settings),
         progress=job_progress(job),
         best=best,
         latest_checkpoint_id=job.latest_checkpoint_id,
@@ -301,10 +285,10 @@ def _finite_or_none(value: Any) -> float | None:
     return None if value is None else finite_or_none(value)
 
 
-def _waiting_reason(session: Session, job: Job, view: QueueView | None) -> str | None:
+def _waiting_reason(session: Session, job: Job, view: QueueView | None, settings: Settings | None) -> str | None:
     if job.status != "queued":
         return None
-    return (view or QueueView.read(session, settings=get_settings())).waiting_reason(job)
+    return (view or QueueView.read(session, settings=settings or get_settings())).waiting_reason(job)
 
 
 def reap_expired_leases(session: Session, *, settings: Settings) -> list[tuple[str, str]]:

@@ -50,6 +50,18 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class Submission(Base):
+    """One row per job a tenant submitted, kept for the per-minute submission quota: deleting the job does not
+    delete its submission, so deleting jobs cannot reset the count. Rows past the window are pruned."""
+
+    __tablename__ = "submissions"
+    __table_args__ = (Index("ix_submissions_tenant_created", "tenant", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

@@ -1,4 +1,4 @@
-"""Submission quotas hold: deleting jobs does not reset the per-minute count, and parallel submissions on
+"""Submission quotas hold: deleting jobs does not reset the per-minute count (submissions are kept apart from jobs), and parallel submissions on
 PostgreSQL cannot pass the running-job cap (count-then-insert runs under a per-tenant lock)."""
 
 from __future__ import annotations
