@@ -9,11 +9,13 @@ import asyncio
 import gc
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import Authentication
@@ -22,6 +24,7 @@ from service.errors import PayloadTooLarge, error_body, install_error_handlers
 from service.observability import RequestTelemetry, install_collector
 from service.predict import ModelCache
 from service.routes import ROUTERS
+from service.routes import predict as predict_route
 from service.routes.health import STATIC_DIR
 from service.streams import StreamSlots
 from service.settings import Settings, get_settings
@@ -97,6 +100,22 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def document_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Adds request bodies a route reads itself (so FastAPI never sees them) to the document's components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            components = build().setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API for these settings (the environment's when None); the only place an app is built."""
     settings = settings or get_settings()
@@ -114,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_collector(settings)
     for router in ROUTERS:
         app.include_router(router)
+    document_schemas(app, predict_route.SCHEMAS)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -16,8 +16,10 @@ router = APIRouter(tags=["predict"])
 # prediction), so the document gets the body schema a declared one would give from here.
 _BODY: dict[str, Any] = {
     "requestBody": {"required": True,
-                    "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}},
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
 }
+# Named in the document's components (service.app adds them), so generated clients get a PredictRequest class.
+SCHEMAS = [PredictRequest]
 
 
 @router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, name="predict",
