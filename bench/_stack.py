@@ -1,7 +1,7 @@
 """trainserve servers for the benchmarks, on either stack, and what a benchmark reads about their processes.
 
-The servers are the tests' (`tests.conftest.start_server`: `python -m service.cli up` in its own process group)
-but with the service's default heartbeat, reaper and size limits instead of the tests' fast, small ones.
+The servers are `service.localstack`'s (`python -m service.cli up` in its own process group), the launcher the
+end-to-end tests use too, with the service's default heartbeat, reaper and size limits.
 """
 
 from __future__ import annotations
@@ -19,17 +19,14 @@ from typing import Any
 
 import httpx
 
-from service.settings import Settings
 from service.spec import SEED_EXAMPLE
-from tests.conftest import (
-    REDIS_URL,
-    TEST_LIMITS,
-    LiveServer,
-    create_pg_database,
-    drop_pg_database,
-    start_server,
-    stop_server,
-)
+from service.localstack import LiveServer, start_server, stop_server
+from service.localstack import create_pg_database as _create_pg_database
+from service.localstack import drop_pg_database as _drop_pg_database
+
+# The local PostgreSQL and Redis the benchmarks use (the same ones the tests use).
+PG_ADMIN_URL = os.environ.get("TRAINSERVE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TRAINSERVE_TEST_REDIS", "redis://127.0.0.1:6379")
 
 STACKS = ("postgres", "embedded")
 STACK_TITLES = {"postgres": "PostgreSQL + Redis", "embedded": "SQLite + filesystem broker"}
@@ -38,10 +35,12 @@ FINISHED = ("succeeded", "failed", "cancelled")
 NO_QUOTAS = {"TRAINSERVE_MAX_RUNNING_JOBS_PER_TENANT": "100000", "TRAINSERVE_MAX_SUBMISSIONS_PER_MINUTE": "100000"}
 
 
-def service_defaults() -> dict[str, str]:
-    """The defaults of every setting the tests' launcher changes (it speeds heartbeats up and shrinks limits)."""
-    fields = Settings.model_fields
-    return {key: str(fields[key.removeprefix("TRAINSERVE_").lower()].default) for key in TEST_LIMITS}
+def create_pg_database() -> str:
+    return _create_pg_database(PG_ADMIN_URL)
+
+
+def drop_pg_database(url: str) -> None:
+    _drop_pg_database(url, admin_url=PG_ADMIN_URL)
 
 
 def redis_url(db: int) -> str:
@@ -54,7 +53,7 @@ def redis_url(db: int) -> str:
 @contextmanager
 def trainserve(stack: str, *, redis_db: int, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
     """A running trainserve (API + one worker) on `stack`, in a temporary home; stopped and cleaned up after."""
-    extra = {**service_defaults(), **(env or {})}
+    extra = dict(env or {})
     pg_url = None
     if stack == "postgres":
         pg_url = create_pg_database()

@@ -46,7 +46,7 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_service(args: argparse.Namespace) -> dict[str, Any]:
-    from tests.conftest import start_server, stop_server  # the launcher the end-to-end tests use
+    from service.localstack import start_server, stop_server  # the launcher the end-to-end tests use
 
     with tempfile.TemporaryDirectory() as home:
         server = start_server(Path(home) / "home", env_extra={"TRAINSERVE_WORKER_METRICS_PORT": "0"}, timeout=180)

@@ -31,7 +31,7 @@ import httpx
 
 from bench._report import Row, header, load_average, rows_table, write_json
 from bench._stack import NO_QUOTAS, STACK_TITLES, STACKS, api_pid, rss_bytes, seed_spec, submit, trainserve, wait_finished
-from tests.conftest import LiveServer
+from service.localstack import LiveServer
 
 REDIS_DB = 12
 CACHE_SIZE = 4

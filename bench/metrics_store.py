@@ -44,7 +44,7 @@ from service.metrics import read_points, record_points
 from service.migrate import migrate_to_head
 from service.models import Job, utcnow
 from service.settings import Settings, get_settings
-from tests.conftest import create_pg_database, drop_pg_database
+from bench._stack import create_pg_database, drop_pg_database
 
 DATABASES = ("sqlite", "postgres")
 DB_TITLES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}

@@ -115,9 +115,9 @@ def thread_env(threads: int) -> dict[str, str]:
 
 @contextmanager
 def trainserve_server(home: Path, threads: int) -> Iterator[tuple[Server, str]]:
-    from tests.conftest import start_server
+    from service.localstack import start_server
 
-    # The test launcher's small body limit would refuse big batches; the service default applies here.
+    # Big batches: the service's default body limit, said here so the benchmark does not depend on it.
     live = start_server(home, env_extra={"TRAINSERVE_MAX_BODY_BYTES": str(32 * 1024 * 1024), **thread_env(threads)})
     try:
         yield Server("trainserve", live.url, live.proc, live.log_path), live.api_key
@@ -128,7 +128,7 @@ def trainserve_server(home: Path, threads: int) -> Iterator[tuple[Server, str]]:
 @contextmanager
 def peer_server(name: str, module: str, checkpoint: Path, checkpoint_id: str, workdir: Path,
                 threads: int) -> Iterator[Server]:
-    from tests.conftest import free_port
+    from service.localstack import free_port
 
     port = free_port()
     log_path = workdir / f"{name}.log"

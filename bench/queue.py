@@ -37,7 +37,7 @@ from bench._stack import NO_QUOTAS, STACK_TITLES, STACKS, cpu_seconds, redis_url
     wait_finished
 from service.queue import celery_config, make_celery
 from service.settings import Settings
-from tests.conftest import stop_server
+from service.localstack import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_DB = 10

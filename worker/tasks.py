@@ -30,9 +30,9 @@ from service.logs import current_job_id
 from service.spec import JobSpec
 from service.tabular import Table
 from worker import sweep_hooks
-from worker.celery_app import app
-from worker.data import load_data
+from worker.celery_app import get_celery
 from worker.observability import BUSY, JOB_SECONDS, JOBS, SAMPLES_PER_SECOND
+from worker.warmstart import WarmStart
 from worker.recorder import BackgroundWriter, JobRecorder, LeaseLost, owned_job, write_until_done
 from service.workers import lease_owner
 from worker.engine import FitResult, TrainingDiverged, fit, resolve_device
@@ -261,15 +261,16 @@ def _train(claim: Claim, *, owner: str, heartbeat: Heartbeat, writer: Background
         return write_until_done(lambda s, _r: load_table(s, tenant=claim.tenant, dataset_id=dataset_id),
                                 what="load dataset")
 
-    data = load_data(spec, dataset_loader=dataset_loader)
-    model = build_model(spec, info.input_shape)
     resume, resume_step = _prepare_resume(job_id, owner)
+    warm = WarmStart.prepare(job_id, spec, resume=resume)  # init_from: source weights, statistics, frozen layers
+    data = warm.load_data(spec, dataset_loader=dataset_loader)
+    model = warm.apply(build_model(spec, info.input_shape))
     recorder = JobRecorder(job_id=job_id, owner=owner, spec=spec, writer=writer, start_step=resume_step,
                            last_metrics=claim.last_metrics)
     on_points = sweep_hooks.watch_pruning(job_id, recorder.points, writer=writer, stop=lambda: heartbeat._stop("pruned"))
     return fit(model, spec, data, device=resolve_device(spec.training.device),
                on_points=on_points, on_checkpoint=recorder.checkpoint, on_progress=recorder.progress,
-               should_stop=heartbeat.stop_training.is_set, resume=resume)
+               should_stop=heartbeat.stop_training.is_set, resume=resume, init_optimizer=warm.init_optimizer)
 
 
 def _conclude(result: FitResult, *, job_id: str, owner: str, reason: str | None, settings: Settings) -> str:
@@ -311,7 +312,7 @@ def _prepare_resume(job_id: str, owner: str) -> tuple[tuple[bytes, bytes] | None
     return write_until_done(read, what="resume")
 
 
-@app.task(name=TRAIN_JOB, acks_late=True, ignore_result=True, bind=True)
+@get_celery().task(name=TRAIN_JOB, acks_late=True, ignore_result=True, bind=True)
 def train_job(self: Any, job_id: str) -> str | None:
     status = run_training(job_id, settings=get_settings(), worker_name=self.request.hostname)
     sweep_hooks.after_job(job_id, status, settings=get_settings())  # a sweep's trial: ask for the next
