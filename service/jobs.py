@@ -25,6 +25,7 @@ from service.schemas import BestCheckpoint, JobPage, JobRead, Progress, TrialRef
 from service.settings import Settings, get_settings
 from service.spec import JobSpec
 from service.tabular import DatasetDescription
+from service.warmstart import check_warm_start
 from service.workers import QueueView
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def analyse_spec(session: Session, *, tenant: str, spec: JobSpec, settings: Sett
     except DataSpecError as exc:
         return Analysis(None, _failed_report([{"loc": exc.loc, "msg": exc.msg}]))
     report: SpecReport = check_spec(spec, data, limits=Limits.from_settings(settings))
-    return Analysis(data, report.to_json())
+    return Analysis(data, check_warm_start(session, tenant=tenant, spec=spec, data=data, report=report.to_json()))
 
 
 def validate_payload(session: Session, *, tenant: str, payload: Any, settings: Settings) -> dict[str, Any]:

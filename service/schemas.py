@@ -102,6 +102,24 @@ class ErrorBody(BaseModel):
     errors: list[ErrorItem]
 
 
+class SkippedTensor(BaseModel):
+    tensor: str  # e.g. model.layers[4].weight
+    reason: str
+
+
+class WarmStartReport(BaseModel):
+    """What init_from resolved to and what a warm start loads (service.warmstart)."""
+
+    job_id: str  # the source job and the checkpoint the worker loads, pinned at submit time
+    checkpoint_id: str
+    model: str | None  # the model reference given, if any
+    loaded: list[str]
+    skipped: list[SkippedTensor]
+    frozen: list[int]
+    normalization: Literal["source", "none", "own"]  # whose input statistics the job trains on
+    optimizer_state: bool
+
+
 class ValidationReport(BaseModel):
     ok: bool
     errors: list[ErrorItem]
@@ -115,6 +133,7 @@ class ValidationReport(BaseModel):
     memory_bytes: int | None = None
     steps_per_epoch: int | None = None
     total_steps: int | None = None
+    init_from: WarmStartReport | None = None  # a warm start's source, loaded and skipped tensors
 
 
 class MetricPointRead(ReadModel):
@@ -401,7 +420,7 @@ class SweepPage(BaseModel):
 
 class SeriesPoint(BaseModel):
     step: int
-    value: float
+    value: float | None  # a non-finite value (a diverged run) is served as null, as by GET .../metrics
 
 
 class ComparedJob(BaseModel):

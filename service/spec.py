@@ -461,6 +461,30 @@ DataSource = Annotated[Union[InlineData, DatasetData, BuiltinData, SyntheticData
 DATA_SOURCES: tuple[str, ...] = ("inline", "dataset", "builtin", "synthetic")
 
 
+# --- warm start -----------------------------------------------------------------------------------------
+
+
+class InitFrom(StrictModel):
+    """Start from another job's checkpoint, or a registered model version ("name@alias" | "name:N" | "name");
+    service.warmstart checks it against the source's tensors, worker.warmstart loads it."""
+
+    job_id: Annotated[str, Field(max_length=32)] | None = None
+    model: Annotated[str, Field(max_length=200)] | None = None
+    # "best" | "latest" | a checkpoint id of job_id; None means "best". A model version pins its own.
+    checkpoint: Annotated[str, Field(max_length=32)] | None = None
+    strict: bool = True  # false: load the tensors whose shapes match, skip (and report) the rest
+    freeze: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1000)] = []  # layer indices
+    optimizer_state: bool = False  # carry the optimizer's state when its type and parameters match
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.job_id is None) == (self.model is None):
+            raise ValueError("give exactly one of job_id and model")
+        if self.model is not None and self.checkpoint is not None:
+            raise ValueError("checkpoint goes with job_id: a model version pins its checkpoint")
+        return self
+
+
 # --- the whole spec -----------------------------------------------------------------------------------
 
 
@@ -472,6 +496,7 @@ class JobSpec(StrictModel):
     scheduler: Scheduler | None = None
     training: Training = Field(default_factory=Training)
     data: DataSource
+    init_from: InitFrom | None = None  # warm start (service.warmstart)
 
 
 # Every discriminator value; the error handler drops them from pydantic's locations to give JSON paths.

@@ -70,6 +70,7 @@ def fit(
     should_stop: Callable[[], bool] = _never,
     resume: tuple[bytes, bytes] | None = None,
     clock: Clock = time.monotonic,
+    init_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> FitResult:
     """Train ``model`` as ``spec`` says on ``data``; report points, checkpoints and progress via the callbacks.
 
@@ -77,7 +78,8 @@ def fit(
     reproduces, bit for bit on CPU, what the uninterrupted run would have done. Raises TrainingDiverged when
     the loss stops being finite. ``clock`` drives the reporting throttles and the time-based checkpoint cadence
     (never the measured metrics), so a test can hold it still. Small CPU models train on one thread (the caller's
-    setting is restored).
+    setting is restored). ``init_optimizer`` gets the built optimizer of a fresh (not resumed) run before the
+    first step: a warm start carries a source's optimizer state in with it.
     """
     previous = torch.get_num_threads()
     if torch.device(device).type == "cpu":
@@ -87,6 +89,8 @@ def fit(
             on_points, on_checkpoint, on_progress, should_stop), clock=clock)
         if resume is not None and (finished := run.restore(*resume)) is not None:
             return finished
+        if resume is None and init_optimizer is not None:
+            init_optimizer(run.optimizer)
         for epoch in range(run.epoch + 1, run.plan.epochs + 1):
             if not run.train_epoch(epoch):
                 return run.cancelled()
