@@ -216,8 +216,9 @@ async def predict(raw: bytes, *, authorization: str | None, cache: ModelCache,
         big = await _by_job(await anyio.to_thread.run_sync(parse_request, raw), tenant=tenant, settings=settings)
         return await anyio.to_thread.run_sync(lambda: _answer(big, tenant, cache, settings))
     request = await _by_job(parse_request(raw), tenant=tenant, settings=settings)
-    hot = cache.hot(tenant, request.job_id, request.checkpoint)
-    if hot is not None and _cheap(hot[1], rows=len(request.inputs)):
+    job_id, rows = resolved(request)
+    hot = cache.hot(tenant, job_id, request.checkpoint)
+    if hot is not None and _cheap(hot[1], rows=len(rows)):
         return _hot_answer(request, hot, settings)
     return await anyio.to_thread.run_sync(lambda: _answer(request, tenant, cache, settings, hot=hot))
 
@@ -227,6 +228,13 @@ async def _by_job(request: PredictRequest, *, tenant: str, settings: Settings) -
     if request.model is None and request.records is None and request.job_id is not None and request.inputs is not None:
         return request  # the common body: nothing to resolve
     return await resolve_predict_request(request, tenant=tenant, ttl=settings.predict_cache_seconds)
+
+
+def resolved(request: PredictRequest) -> tuple[str, list[Any]]:
+    """(job_id, inputs) of a body _by_job has resolved: a model reference became a job id, records became rows."""
+    if request.job_id is None or request.inputs is None:  # _by_job fills both or raises: a bug if reached
+        raise TypeError("a /predict body reached the model before its job_id and inputs were resolved")
+    return request.job_id, request.inputs
 
 
 def _cheap(loaded: LoadedModel, *, rows: int) -> bool:
@@ -256,13 +264,14 @@ def _hot_answer(request: PredictRequest, hot: tuple[str, LoadedModel], settings:
     checkpoint_id, loaded = hot
     x = _request_tensor(request, input_shape=loaded.input_shape, max_rows=settings.max_predict_rows)
     check_output_size(rows=x.shape[0], outputs_per_row=loaded.outputs_per_row, max_values=settings.max_predict_values)
-    return _finish(_respond(loaded, x, job_id=request.job_id, checkpoint_id=checkpoint_id), hit=True, started=started)
+    return _finish(_respond(loaded, x, job_id=resolved(request)[0], checkpoint_id=checkpoint_id), hit=True,
+                   started=started)
 
 
 def _answer(request: PredictRequest, tenant: str, cache: ModelCache, settings: Settings, *,
             hot: tuple[str, LoadedModel] | None = None) -> tuple[str, bool]:
     """A hot model's answer, else the database's (blocking: for worker threads). `hot`: already looked up."""
-    hot = hot or cache.hot(tenant, request.job_id, request.checkpoint)
+    hot = hot or cache.hot(tenant, resolved(request)[0], request.checkpoint)
     if hot is not None:
         return _hot_answer(request, hot, settings)
     started = time.perf_counter()
@@ -298,7 +307,7 @@ def parse_request(raw: bytes) -> PredictRequest:
 
 
 def _request_tensor(request: PredictRequest, *, input_shape: tuple[int, ...], max_rows: int) -> torch.Tensor:
-    return parse_inputs(request.inputs, input_shape=input_shape, max_rows=max_rows,
+    return parse_inputs(resolved(request)[1], input_shape=input_shape, max_rows=max_rows,
                         numbers_checked=isinstance(request, NumberRows))
 
 
@@ -322,7 +331,7 @@ def predict_from_database(session: Session, *, tenant: str, request: PredictRequ
                           settings: Settings) -> tuple[PredictResponse, bool]:
     """Returns the response and whether the model came from the cache; a finished job's lookup is remembered
     for `predict_cache_seconds` so the next requests for it skip the database."""
-    job = get_job_or_raise(session, tenant=tenant, job_id=request.job_id)
+    job = get_job_or_raise(session, tenant=tenant, job_id=resolved(request)[0])
     checkpoint_id = resolve_checkpoint_id(job, request.checkpoint)
     data = DataInfo.from_json(job.data_info)
     spec = JobSpec.model_validate(job.spec)
