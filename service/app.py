@@ -24,6 +24,7 @@ from service.errors import PayloadTooLarge, error_body, install_error_handlers
 from service.observability import RequestTelemetry, install_collector
 from service.predict import ModelCache
 from service.routes import ROUTERS
+from service.routes.deps import ERROR_DESCRIPTIONS
 from service.routes import predict as predict_route
 from service.routes.health import STATIC_DIR
 from service.streams import StreamSlots
@@ -100,6 +101,17 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def _document_undecodable_bodies(document: dict[str, Any]) -> None:
+    # Every route that reads a body answers 400 to one that cannot be decoded (service.errors): say so, for
+    # routers added later too.
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if "requestBody" in operation and "400" not in operation.get("responses", {}):
+                operation["responses"]["400"] = {
+                    "description": ERROR_DESCRIPTIONS[400],
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+
+
 def document_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
     """Adds request bodies a route reads itself (so FastAPI never sees them) to the document's components."""
     build = app.openapi
@@ -111,6 +123,7 @@ def document_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(schema.pop("$defs", {}))
                 components[model.__name__] = schema
+            _document_undecodable_bodies(app.openapi_schema or {})
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

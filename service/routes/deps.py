@@ -50,7 +50,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 
-_ERROR_DESCRIPTIONS = {
+ERROR_DESCRIPTIONS = {
     400: "the body could not be decoded at all (not JSON, not UTF-8, broken multipart)",
     401: "missing, invalid or revoked API key (with `WWW-Authenticate: Bearer`)",
     404: "not found, or owned by another tenant",
@@ -71,7 +71,7 @@ def error_responses(*codes: int, auth: bool = True) -> dict[int | str, dict[str,
     statuses = {422, 503, *codes} | ({401} if auth else set())
     out: dict[int | str, dict[str, Any]] = {}
     for code in sorted(statuses):
-        entry: dict[str, Any] = {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[code]}
+        entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]}
         if code in (429, 503):
             entry["headers"] = _RETRY_AFTER
         elif code == 401:
