@@ -3,15 +3,17 @@ reproducible proposals, pruning, cancel and delete. Tiny iris MLPs keep each tri
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, LiveServer
+from tests.conftest import ROOT, LiveServer, start_server, stop_server
 
 
 def iris_spec(epochs: int = 3, lr: float = 0.05) -> dict[str, Any]:
@@ -33,12 +35,25 @@ def sweep_body(space: dict[str, Any], **extra: Any) -> dict[str, Any]:
 def wait_sweep(c: httpx.Client, sweep_id: str, *, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
                timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
+    sweep: dict[str, Any] = {}
     while time.monotonic() < deadline:
         sweep = c.get(f"/sweeps/{sweep_id}").json()
         if sweep["status"] in statuses:
             return sweep
         time.sleep(0.3)
-    raise AssertionError(f"sweep {sweep_id} still {sweep['status']}: {sweep}")
+    raise AssertionError(f"sweep {sweep_id} still {sweep.get('status')} after {timeout}s: {sweep}")
+
+
+def tenant_key(server: LiveServer, tenant: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", tenant],
+                            cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def refusals_key(embedded_server: LiveServer) -> str:
+    return tenant_key(embedded_server, "sweep-refusals")
 
 
 BAD = [
@@ -57,9 +72,11 @@ BAD = [
 
 
 @pytest.mark.parametrize(("space", "extra", "loc"), BAD, ids=[b[2] + str(i) for i, b in enumerate(BAD)])
-def test_a_bad_sweep_is_refused_at_its_loc_and_nothing_runs(embedded_server: LiveServer, space: dict[str, Any],
-                                                             extra: dict[str, Any], loc: str) -> None:
-    with embedded_server.client() as c:
+def test_a_bad_sweep_is_refused_at_its_loc_and_nothing_runs(embedded_server: LiveServer, refusals_key: str,
+                                                             space: dict[str, Any], extra: dict[str, Any],
+                                                             loc: str) -> None:
+    # A tenant of its own, so no other test's sweep submitting trials meanwhile can change the counts.
+    with embedded_server.client(api_key=refusals_key) as c:
         before_sweeps = len(c.get("/sweeps").json()["items"])
         before_jobs = len(c.get("/jobs", params={"limit": 200}).json()["items"])
         r = c.post("/sweeps", json=sweep_body(space, **extra))
@@ -105,7 +122,8 @@ def test_random_sweep_runs_every_trial_two_at_a_time_and_reports_the_best(embedd
 def test_the_same_seed_proposes_the_same_trials_and_cancel_stops_them(embedded_server: LiveServer) -> None:
     body = sweep_body({"optimizer.lr": {"log_uniform": [0.001, 0.1]}, "training.batch_size": {"choice": [8, 16, 32]}},
                       search={"method": "tpe", "trials": 6, "parallel": 3, "seed": 42})
-    body["spec"]["training"]["epochs"] = 200  # long enough to be running when cancelled
+    # The epoch cap: no trial can end on its own before the cancel, however fast the machine trains.
+    body["spec"]["training"]["epochs"] = 10_000
     with embedded_server.client() as c:
         a, b = (c.post("/sweeps", json=body).json() for _ in range(2))
         assert [t["params"] for t in a["trials"]] == [t["params"] for t in b["trials"]]
@@ -149,10 +167,7 @@ def test_asha_prunes_a_clearly_worse_trial_and_keeps_its_metrics(embedded_server
 
 
 def other_key(server: LiveServer) -> str:
-    result = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "sweep-outsider"],
-                            cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    return tenant_key(server, "sweep-outsider")
 
 
 def test_another_tenants_sweep_is_not_found(embedded_server: LiveServer) -> None:
@@ -165,3 +180,50 @@ def test_another_tenants_sweep_is_not_found(embedded_server: LiveServer) -> None
             assert intruder.delete(f"/sweeps/{sweep['id']}").status_code == 404
         wait_sweep(c, sweep["id"])
         assert c.delete(f"/sweeps/{sweep['id']}").status_code == 204
+
+
+def stored_sweep(home: Path, sweep_id: str) -> tuple[str, int]:
+    """(status, trials submitted) as the stopped server left them in its SQLite database."""
+    with sqlite3.connect(home / "trainserve.db") as db:
+        (status,) = db.execute("SELECT status FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        (submitted,) = db.execute("SELECT count(*) FROM jobs WHERE sweep_id = ?", (sweep_id,)).fetchone()
+    return str(status), int(submitted)
+
+
+@pytest.mark.timeout(600)
+def test_a_sweep_goes_on_across_a_restart_and_its_seed_fixes_every_trial(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    body = sweep_body({"optimizer.lr": {"log_uniform": [0.001, 0.1]},
+                       "model.layers[0].out_features": {"int_uniform": [4, 32]}},
+                      search={"method": "random", "trials": 4, "parallel": 1, "seed": 7},
+                      objective={"metric": "val_accuracy", "mode": "max"})
+    body["spec"]["training"]["epochs"] = 5
+    server = start_server(home)
+    try:
+        with server.client() as c:
+            created = c.post("/sweeps", json=body)
+            assert created.status_code == 201, created.text
+            sweep_id = created.json()["id"]
+    finally:
+        # API and worker both stop; a trial in training is handed back to the queue.
+        stop_server(server.proc)
+    status, submitted = stored_sweep(home, sweep_id)
+    # One trial at a time, and the worker takes no new task once stopping: trials were left to ask for.
+    assert status == "running" and submitted < 4, (status, submitted)
+
+    server = start_server(home)
+    try:
+        with server.client() as c:
+            sweep = wait_sweep(c, sweep_id, timeout=300)
+            assert sweep["status"] == "succeeded", sweep
+            assert [t["number"] for t in sweep["trials"]] == [0, 1, 2, 3]
+            assert sweep["counts"] == {"succeeded": 4}
+            assert all(t["epochs"] == 5 and t["value"] is not None for t in sweep["trials"])
+            # The same sweep again, uninterrupted: random search with the same seed proposes the same trials.
+            again = c.post("/sweeps", json=body)
+            assert again.status_code == 201, again.text
+            replay = wait_sweep(c, again.json()["id"], timeout=300)
+        assert [t["params"] for t in replay["trials"]] == [t["params"] for t in sweep["trials"]]
+        assert len({t["params"]["optimizer.lr"] for t in sweep["trials"]}) == 4
+    finally:
+        stop_server(server.proc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 
 from sqlalchemy import select
 
@@ -38,7 +39,7 @@ class PruneWatch:
         # next step however fast it trains; only sweep trials with a pruner wait for this read.
         self.writer.flush()
         for epoch in epochs:
-            if with_retry(lambda s, epoch=epoch: sweeps.should_prune(s, job_id=self.job_id, epoch=epoch)):
+            if with_retry(partial(sweeps.should_prune, job_id=self.job_id, epoch=epoch)):
                 self.pruned = True
                 self.stop()
                 return
