@@ -438,9 +438,6 @@ class DatasetData(_DataBase):
     validation_dataset_id: str | None = None
 
 
-BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
-
-
 class BuiltinData(_DataBase):
     source: Literal["builtin"]
     name: Literal["iris", "wine", "breast_cancer", "digits", "diabetes"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,6 @@ class TrainData:
     classes: list[str] | None = None  # label names for classification, index i -> classes[i]
     mean: torch.Tensor | None = None  # normalization statistics (per feature), kept for /predict
     std: torch.Tensor | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
