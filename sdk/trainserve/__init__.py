@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from trainserve.client import Client, Datasets, Jobs, resolve_api_key, resolve_url, spec_to_body
+from trainserve.client import Client, Datasets, Jobs, Models, resolve_api_key, resolve_url, spec_to_body
 from trainserve.errors import (
     AuthError,
     Conflict,
@@ -31,6 +31,9 @@ from trainserve.models import (
     LayerReport,
     MetricPoint,
     Metrics,
+    Model,
+    ModelSummary,
+    ModelVersion,
     Prediction,
     Problem,
     Progress,
@@ -63,6 +66,7 @@ from trainserve.spec import (
     Flatten,
     HuberLoss,
     Identity,
+    InitFrom,
     Inline,
     InlineData,
     L1Loss,
@@ -92,6 +96,10 @@ from trainserve.spec import (
     Training,
 )
 
+# --- sweeps and comparing runs ---
+from trainserve.models import ComparedJob, Comparison, SeriesPoint, Sweep, SweepBest, SweepTrial  # noqa: E402
+from trainserve.sweeps import Sweeps  # noqa: E402
+
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -101,11 +109,14 @@ __all__ = [
     "BatchNorm1d", "BatchNorm2d", "Best", "Builtin", "BuiltinData", "Checkpoint", "CheckpointPolicy", "Client",
     "Conflict", "ConnectionFailed", "Conv1d", "Conv2d", "CosineAnnealingLR", "CrossEntropyLoss", "Dataset",
     "DatasetData", "DatasetSource", "Datasets", "Dropout", "EarlyStopping", "ExponentialLR", "Flatten",
-    "HuberLoss", "Identity", "Inline", "InlineData", "Job", "Jobs", "L1Loss", "LayerNorm", "LayerReport",
-    "LeakyReLU", "Linear", "LogSoftmax", "MSELoss", "MaxPool1d", "MaxPool2d", "MetricPoint", "Metrics",
+    "HuberLoss", "Identity", "InitFrom", "Inline", "InlineData", "Job", "Jobs", "L1Loss", "LayerNorm", "LayerReport",
+    "LeakyReLU", "Linear", "LogSoftmax", "MSELoss", "MaxPool1d", "MaxPool2d", "MetricPoint", "Metrics", "Model", "ModelSummary",
+    "ModelVersion", "Models",
     "NLLLoss", "NotFound", "OneCycleLR", "PReLU", "PayloadTooLarge", "Prediction", "Problem", "Progress",
     "RMSprop", "RateLimited", "ReLU", "ReduceLROnPlateau", "Report", "ServerError", "ServiceUnavailable",
     "SiLU", "Sigmoid", "SmoothL1Loss", "Softmax", "Spec", "SpecPart", "StepLR", "Synthetic", "SyntheticData",
     "Tanh", "Training", "TrainserveError", "ValidationError", "WaitTimeout", "WorkerInfo", "resolve_api_key", "resolve_url",
     "spec_to_body",
+    # sweeps and comparing runs
+    "ComparedJob", "Comparison", "SeriesPoint", "Sweep", "SweepBest", "SweepTrial", "Sweeps",
 ]

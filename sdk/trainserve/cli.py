@@ -327,9 +327,12 @@ def _series_table(points: Sequence[MetricPoint]) -> Table:
     for point in points:
         series.setdefault(point.name, []).append(point)
     for name, pts in series.items():
-        values = [p.value for p in pts]
-        table.add_row(name, str(len(pts)), str(pts[0].step), str(pts[-1].step), f"{values[-1]:.6g}",
-                      f"{min(values):.6g}", f"{max(values):.6g}")
+        # A value the server sends as null (not finite) shows as "-" and takes no part in min/max.
+        values = [p.value for p in pts if p.value is not None]
+        last = pts[-1].value
+        table.add_row(name, str(len(pts)), str(pts[0].step), str(pts[-1].step),
+                      "-" if last is None else f"{last:.6g}", f"{min(values):.6g}" if values else "-",
+                      f"{max(values):.6g}" if values else "-")
     return table
 
 
@@ -514,6 +517,11 @@ def checkpoints_download(
     with _errors_to_exit():
         path = _state(ctx).client().jobs.download(job_id, checkpoint, output)
     out.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
+# The registry's commands live in their own module, which adds them to `app` (imported last: it uses this one).
+from trainserve import cli_models  # noqa: E402, F401
+from trainserve import cli_sweeps  # noqa: E402, F401  (sweep, sweeps, compare)
 
 
 def main() -> None:

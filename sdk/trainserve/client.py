@@ -1,4 +1,4 @@
-"""The Python client: ``Client`` with its ``jobs`` and ``datasets`` resources and ``predict``.
+"""The Python client: ``Client`` with its ``jobs``, ``datasets`` and ``models`` resources and ``predict``.
 
 Connection settings come from the arguments, else ``TRAINSERVE_URL`` / ``TRAINSERVE_API_KEY``, else
 ``http://127.0.0.1:8000`` and the key file ``$TRAINSERVE_HOME/api-key`` that ``trainserve-server up`` writes.
@@ -20,9 +20,27 @@ import httpx
 
 from trainserve._http import Transport
 from trainserve.errors import TrainserveError, WaitTimeout
-from trainserve.models import Checkpoint, Dataset, Job, MetricPoint, Metrics, Prediction, Report, WorkerInfo
+from trainserve.models import (
+    Alias,
+    Checkpoint,
+    Dataset,
+    Job,
+    MetricPoint,
+    Metrics,
+    Model,
+    ModelSummary,
+    ModelVersion,
+    Prediction,
+    Report,
+    WorkerInfo,
+)
 from trainserve.progress import JobProgress
 from trainserve.spec import to_jsonable
+
+# --- sweeps and comparing runs (imports) ---
+from trainserve.models import Comparison
+from trainserve.sweeps import Sweeps
+# --- end sweeps and comparing runs ---
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +330,24 @@ class Jobs:
         partial.replace(target)
         return target
 
+    def export(
+        self, job_id: str, checkpoint: str = "best", format: ExportFormat = "onnx",
+        path: str | os.PathLike[str] | None = None,
+    ) -> Path:
+        """Save a checkpoint as one file that runs without trainserve (``onnx`` or ``pt2``); return the path."""
+        target = Path(path) if path is not None else Path(f"{job_id}-{checkpoint}.{format}")
+        return _save(self._t, f"/jobs/{job_id}/checkpoints/{checkpoint}/export", target, params={"format": format})
+
+    # --- sweeps and comparing runs: client.jobs.compare ---
+    def compare(
+        self, ids: Sequence[str], *, names: Sequence[str] | str | None = None, max_points: int = 500
+    ) -> Comparison:
+        """Jobs side by side: each one's status, best and curves (at most ``max_points`` per series), and
+        ``spec_diff``, the spec paths whose values differ, each job's value in the order of ``ids``."""
+        params = _params(ids=",".join(ids), names=_names_param(names), max_points=max_points)
+        return Comparison.model_validate(self._t.request("GET", "/jobs/compare", params=params).json())
+    # --- end sweeps and comparing runs ---
+
     def list(
         self,
         *,
@@ -333,6 +369,64 @@ class Jobs:
             cursor = body.get("next_cursor")
             if not cursor:
                 return
+
+
+ExportFormat = Literal["onnx", "pt2"]
+
+
+def _save(transport: Transport, url: str, target: Path, **kwargs: Any) -> Path:
+    partial = target.with_name(target.name + ".part")
+    with transport.stream("GET", url, **kwargs) as response, partial.open("wb") as fh:
+        for chunk in response.iter_bytes():
+            fh.write(chunk)
+    # Rename last, so a failed download never leaves a truncated file under the real name.
+    partial.replace(target)
+    return target
+
+
+class Models:
+    """``client.models``: the registry. A version pins one checkpoint of a job; aliases (``prod``) move."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def register(self, name: str, job_id: str, checkpoint: str = "best") -> ModelVersion:
+        """Register the job's checkpoint (``best``, ``latest`` or an id, pinned now) as the next version."""
+        body = {"name": name, "job_id": job_id, "checkpoint": checkpoint}
+        # Not idempotent: a repeat would add another version.
+        response = self._t.request("POST", "/models", json=body, idempotent=False)
+        return ModelVersion.model_validate(response.json())
+
+    def list(self, *, page_size: int | None = None) -> Iterator[ModelSummary]:
+        """Every model, newest first (lazily, page by page)."""
+        cursor: str | None = None
+        while True:
+            body = self._t.request("GET", "/models", params=_params(limit=page_size, cursor=cursor)).json()
+            for item in body.get("items", []):
+                yield ModelSummary.model_validate(item)
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return
+
+    def get(self, name: str) -> Model:
+        return Model.model_validate(self._t.request("GET", f"/models/{name}").json())
+
+    def version(self, name: str, version: int) -> ModelVersion:
+        return ModelVersion.model_validate(self._t.request("GET", f"/models/{name}/versions/{version}").json())
+
+    def set_alias(self, name: str, alias: str, version: int) -> Alias:
+        """Point ``alias`` at ``version`` (creating or moving it); /predict follows within its cache time."""
+        response = self._t.request("PUT", f"/models/{name}/aliases/{alias}", json={"version": version})
+        return Alias.model_validate(response.json())
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._t.request("DELETE", f"/models/{name}/aliases/{alias}")
+
+    def export(self, name: str, version: int, format: ExportFormat = "onnx",
+               path: str | os.PathLike[str] | None = None) -> Path:
+        """Save a version as one file that runs without trainserve (``onnx`` or ``pt2``); return the path."""
+        target = Path(path) if path is not None else Path(f"{name}-{version}.{format}")
+        return _save(self._t, f"/models/{name}/versions/{version}/export", target, params={"format": format})
 
 
 class Datasets:
@@ -381,7 +475,7 @@ class Datasets:
 
 
 class Client:
-    """A trainserve server: ``client.jobs``, ``client.datasets`` and ``client.predict``.
+    """A trainserve server: ``client.jobs``, ``client.datasets``, ``client.models`` and ``client.predict``.
 
     ``retries`` and ``backoff`` govern the automatic retry of connection failures and 503s on calls that
     are safe to repeat. Use it as a context manager, or call ``close()``, to release the connection pool.
@@ -404,10 +498,32 @@ class Client:
         )
         self.jobs = Jobs(self._transport)
         self.datasets = Datasets(self._transport)
+        self.models = Models(self._transport)
+        self.sweeps = Sweeps(self._transport, spec_to_body=spec_to_body)  # sweeps and comparing runs
 
-    def predict(self, job_id: str, inputs: Any, checkpoint: str = "best") -> Prediction:
-        """Run a trained job on rows of features (lists or anything with ``.tolist()``, e.g. numpy)."""
-        body = {"job_id": job_id, "checkpoint": checkpoint, "inputs": to_jsonable(inputs)}
+    def predict(
+        self,
+        job_id: str | None = None,
+        inputs: Any = None,
+        checkpoint: str | None = None,
+        *,
+        model: str | None = None,
+        records: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Prediction:
+        """Run a trained job (``job_id``, ``checkpoint`` default ``best``) or a registered ``model``
+        (``"name@alias"``, ``"name:version"`` or ``"name"``) on rows of features (lists or anything with
+        ``.tolist()``, e.g. numpy), or on ``records`` (``[{feature: value}]``) where the data named its features."""
+        if (job_id is None) == (model is None):
+            raise TypeError("give exactly one of job_id and model")
+        if (inputs is None) == (records is None):
+            raise TypeError("give exactly one of inputs and records")
+        body: dict[str, Any] = {"job_id": job_id} if job_id is not None else {"model": model}
+        if checkpoint is not None or job_id is not None:
+            body["checkpoint"] = checkpoint or "best"
+        if inputs is not None:
+            body["inputs"] = to_jsonable(inputs)
+        else:
+            body["records"] = to_jsonable(builtins.list(records or []))
         # A prediction changes nothing on the server, so it is as safe to retry as a GET.
         response = self._transport.request("POST", "/predict", json=body, idempotent=True)
         return Prediction.model_validate(response.json())

@@ -528,6 +528,32 @@ Builtin = BuiltinData
 Synthetic = SyntheticData
 
 
+# --- warm start ---------------------------------------------------------------------------------------
+
+
+class InitFrom(SpecPart):
+    """Start from another job's checkpoint (``job_id``, ``checkpoint`` best|latest|id) or a registered model
+    (``model="name@alias"``): matching tensors load, ``freeze`` lists layer indices that do not train."""
+
+    tag_key = None
+
+    def __init__(
+        self,
+        job_id: str | None = None,
+        *,
+        model: str | None = None,
+        checkpoint: str | None = None,
+        strict: bool | None = None,
+        freeze: Sequence[int] | None = None,
+        optimizer_state: bool | None = None,
+    ) -> None:
+        if (job_id is None) == (model is None):
+            raise TypeError("give exactly one of job_id and model")
+        if freeze is not None:
+            freeze = list(freeze)
+        super().__init__(**_given(locals()))
+
+
 # --- the whole spec -----------------------------------------------------------------------------------
 
 
@@ -547,10 +573,12 @@ class Spec(SpecPart):
         scheduler: Part | None = None,
         name: str | None = None,
         init: Init | None = None,
+        init_from: InitFrom | Mapping[str, Any] | None = None,
     ) -> None:
         self.layers = list(layers)
         self.init = init
-        super().__init__(**_given({"name": name, "loss": loss, "optimizer": optimizer, "scheduler": scheduler, "training": training, "data": data}))
+        super().__init__(**_given({"name": name, "loss": loss, "optimizer": optimizer, "scheduler": scheduler,
+                                   "training": training, "data": data, "init_from": init_from}))
 
     def to_dict(self) -> dict[str, Any]:
         model: dict[str, Any] = {"layers": [to_jsonable(layer) for layer in self.layers]}
