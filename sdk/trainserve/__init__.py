@@ -98,6 +98,7 @@ from trainserve.spec import (
 
 # --- sweeps and comparing runs ---
 from trainserve.models import ComparedJob, Comparison, SeriesPoint, Sweep, SweepBest, SweepTrial  # noqa: E402
+from trainserve.sweeps import Sweeps  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -117,5 +118,5 @@ __all__ = [
     "Tanh", "Training", "TrainserveError", "ValidationError", "WaitTimeout", "WorkerInfo", "resolve_api_key", "resolve_url",
     "spec_to_body",
     # sweeps and comparing runs
-    "ComparedJob", "Comparison", "SeriesPoint", "Sweep", "SweepBest", "SweepTrial",
+    "ComparedJob", "Comparison", "SeriesPoint", "Sweep", "SweepBest", "SweepTrial", "Sweeps",
 ]

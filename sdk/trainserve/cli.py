@@ -521,6 +521,7 @@ def checkpoints_download(
 
 # The registry's commands live in their own module, which adds them to `app` (imported last: it uses this one).
 from trainserve import cli_models  # noqa: E402, F401
+from trainserve import cli_sweeps  # noqa: E402, F401  (sweep, sweeps, compare)
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ from trainserve.spec import to_jsonable
 
 # --- sweeps and comparing runs (imports) ---
 from trainserve.models import Comparison
+from trainserve.sweeps import Sweeps
 # --- end sweeps and comparing runs ---
 
 log = logging.getLogger(__name__)
@@ -498,6 +499,7 @@ class Client:
         self.jobs = Jobs(self._transport)
         self.datasets = Datasets(self._transport)
         self.models = Models(self._transport)
+        self.sweeps = Sweeps(self._transport, spec_to_body=spec_to_body)  # sweeps and comparing runs
 
     def predict(
         self,
