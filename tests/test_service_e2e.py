@@ -167,8 +167,15 @@ def test_stream_delivers_points_while_the_job_runs(stack: LiveServer) -> None:
     streamed = [p for batch in point_batches for p in batch]
     steps = [p["step"] for p in streamed if p["name"] == "train_loss"]
     assert steps == sorted(steps) and len(steps) == len(set(steps)) == 2000
+    stored: list[dict[str, Any]] = []
     with stack.client() as c:
-        stored = c.get(f"/jobs/{job['id']}/metrics").json()["points"]
+        params: dict[str, Any] = {}
+        while True:  # one read returns at most TRAINSERVE_MAX_METRIC_POINTS_PER_READ points: follow the cursor
+            page = c.get(f"/jobs/{job['id']}/metrics", params=params).json()
+            stored += page["points"]
+            if page["next_since_step"] is None:
+                break
+            params = {"since_step": page["next_since_step"]}
     assert sorted((p["name"], p["step"]) for p in streamed) == sorted((p["name"], p["step"]) for p in stored)
 
 
