@@ -6,7 +6,7 @@ import hashlib
 import logging
 from typing import Literal
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, defer
 
 from service.errors import CheckpointNotFound, CorruptCheckpoint, StateConflict
@@ -47,15 +47,18 @@ def record_checkpoint(session: Session, *, job: Job, step: int, epoch: int, metr
 
 
 def _apply_retention(session: Session, *, job: Job, keep_last: int, keep_best: bool) -> None:
-    ids = list(session.scalars(
-        select(Checkpoint.id).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())
-    ))
-    keep = set(ids[:keep_last])
+    # keep_last counts checkpoints a run can resume from; a best-weights checkpoint (no state) stays only while
+    # it is the best (keep_best) or a model version pins it.
+    rows = session.execute(
+        select(Checkpoint.id, func.length(Checkpoint.state)).where(Checkpoint.job_id == job.id)
+        .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())
+    ).all()
+    keep = set([ckpt_id for ckpt_id, state_bytes in rows if state_bytes][:keep_last])
     if keep_best and job.best_checkpoint_id:
         keep.add(job.best_checkpoint_id)
     # A checkpoint a model version pins (service.registry) is never removed.
     keep |= set(session.scalars(select(ModelVersion.checkpoint_id).where(ModelVersion.job_id == job.id)))
-    drop = [i for i in ids if i not in keep]
+    drop = [ckpt_id for ckpt_id, _ in rows if ckpt_id not in keep]
     if drop:
         session.execute(delete(Checkpoint).where(Checkpoint.id.in_(drop)))
     if not keep_best and job.best_checkpoint_id in drop:

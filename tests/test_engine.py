@@ -14,6 +14,7 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 from torch import nn
 
@@ -468,6 +469,12 @@ def test_best_names_the_best_epochs_weights_between_checkpoint_cadence_points(tm
         assert best.weights == held.weights
         resume = load_resume_state(session, job=job)
         assert resume is not None and resume[0].is_final and resume[0].epoch == result.epochs
+        # keep_last counts checkpoints a run resumes from: the best-weights one is kept beside them, not in place
+        # of one of them, and the job's epoch is the latest checkpoint's, not the best one's.
+        kept = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id)))
+        resumable = [c for c in kept if c.state]
+        assert len(resumable) == min(policy.keep_last, sum(1 for c in rec.checkpoints if c.resumable))
+        assert {c.id for c in kept} == {c.id for c in resumable} | {best.id}
 
 
 def test_an_improving_checkpoint_epoch_needs_no_extra_copy() -> None:

@@ -190,6 +190,7 @@ class JobRecorder:
                               value=blob.monitor_value, weights=blob.weights, state=blob.state,
                               is_final=blob.is_final, keep_last=policy.keep_last, keep_best=policy.keep_best,
                               mode=policy.mode)
-            job.epoch, job.step = blob.epoch, blob.step
+            if blob.state:  # a best-weights checkpoint is an earlier epoch's: progress does not move back
+                job.epoch, job.step = blob.epoch, blob.step
 
         self.writer.submit(write, size=len(blob.weights) + len(blob.state), what="checkpoint")
