@@ -4,8 +4,8 @@ trainserve: ``POST /jobs`` with ``examples/seed_mlp.json`` -> the job's ``finish
 PostgreSQL + Redis and on the embedded SQLite + filesystem broker; its ``started_at`` splits that into waiting
 and running. Peers, measured in the same run:
 
-- the seed loop: the article's script as the tests run it (``tests.test_service_e2e.seed_reference_losses``:
-  the same 128 x 32 random data, the literal 100-step loop of ``tests.test_engine.hand_written_losses``), timed
+- the seed loop: the article's script as the tests run it (``service.seed_reference.seed_reference_losses``:
+  the same 128 x 32 random data, the literal 100-step loop of ``service.seed_reference.hand_written_losses``), timed
   in this warm process under one torch thread, as the worker trains a model this small (and as the tests run
   it: on a busy 2-core machine two OpenMP threads make this loop up to 100 times slower);
 - the script as a process: what ``OMP_NUM_THREADS=1 python seed.py`` costs, i.e. a fresh interpreter importing
@@ -28,7 +28,7 @@ from typing import Any
 from bench._report import Row, header, load_average, rows_table, write_json
 from bench._stack import STACK_TITLES, STACKS, submit, timestamp, trainserve, wait_finished
 from bench.train_loop import num_threads
-from tests.test_service_e2e import seed_reference_losses
+from service.seed_reference import seed_reference_losses
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_SPEC = ROOT / "examples" / "seed_mlp.json"

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 from torch import nn
 
+from service.seed_reference import hand_written_losses, seed_net
 from service.checkpoints import load_resume_state, record_checkpoint
 from service.db import make_engine
 from service.migrate import migrate_to_head
@@ -117,27 +118,6 @@ def seed_spec(features: int = 32, rows: int = 128, outputs: int = 1, **optimizer
     raw["optimizer"].update(optimizer)
     raw["training"]["batch_size"] = rows
     return JobSpec.model_validate(raw)
-
-
-def seed_net(features: int = 32, outputs: int = 1) -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, outputs))
-
-
-def hand_written_losses(x: torch.Tensor, y: torch.Tensor, steps: int = 100) -> tuple[list[float], nn.Module]:
-    """The seed article's section 4, literally: full batch, MSELoss, Adam(lr=1e-3)."""
-    model = seed_net(x.shape[1], y.shape[1])
-    criterion = nn.MSELoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(steps):
-        pred = model(x)
-        loss = criterion(pred, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses, model
 
 
 # (data seed, rows, features, outputs): the article's shape first, then others, none of them chosen to pass.

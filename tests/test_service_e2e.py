@@ -19,19 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from service.seed_reference import seed_reference_losses
 from service.nets import build_model
 from service.spec import SEED_EXAMPLE, JobSpec
 from tests.conftest import LiveServer
-from tests.test_engine import hand_written_losses
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def seed_reference_losses(seed: int = 0) -> list[float]:
-    """The seed article's hand-written loop, on the data `synthetic/randn` documents."""
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(128, 32, generator=g), torch.randn(128, 1, generator=g)
-    return hand_written_losses(x, y)[0]
 
 
 def submit(client: httpx.Client, spec: dict[str, Any], **headers: str) -> dict[str, Any]:
