@@ -97,7 +97,9 @@ def _to_onnx(wrapper: ExportWrapper, example: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, once per export
-        torch.onnx.export(wrapper, (example,), buffer,  # type: ignore[arg-type]  # any binary file object works input_names=["input"], output_names=names,
+        # A BytesIO is a binary file object, which the annotation (str | PathLike) leaves out.
+        torch.onnx.export(wrapper, (example,), buffer,  # type: ignore[arg-type]
+                          input_names=["input"], output_names=names,
                           dynamic_axes={name: {0: "batch"} for name in ["input", *names]},
                           opset_version=ONNX_OPSET, dynamo=False)
     return buffer.getvalue()

@@ -141,3 +141,37 @@ def test_model_version_export_and_bad_format(embedded_server: LiveServer, traine
         bad = c.get("/models/export-mlp/versions/1/export", params={"format": "tflite"})
         assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == "format"
         assert c.get("/models/export-mlp/versions/2/export").status_code == 404
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_exported_file_takes_any_batch_size(fmt: str, task: str) -> None:
+    """One row and three rows through the same file: the batch dimension is dynamic in both formats."""
+    from torch import nn
+
+    from service.export import ExportCache, ExportSource, export_checkpoint
+
+    torch.manual_seed(0)
+    if task == "classification":
+        net: nn.Module = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+        shape: tuple[int, ...] = (4,)
+    else:
+        net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 16, 1))
+        shape = (1, 4, 4)
+    net.eval()
+    width = int(np.prod(shape))
+    source = ExportSource(key=f"{task}-{fmt}", net=net, task=task, input_shape=shape,
+                          mean=torch.full((width,), 0.5), std=torch.full((width,), 2.0))
+    raw = export_checkpoint(source, fmt, cache=ExportCache())  # type: ignore[arg-type]
+    for batch in (1, 3):
+        x = torch.rand(batch, width)
+        with torch.no_grad():
+            want = net(((x - 0.5) / 2.0).reshape(-1, *shape)).numpy()
+        if fmt == "onnx":
+            session = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+            got = session.run(None, {"input": x.numpy()})[0]
+        else:
+            with torch.no_grad():
+                got = torch.export.load(io.BytesIO(raw)).module()(x)[0].numpy()
+        assert got.shape == (batch, want.shape[1])
+        np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
