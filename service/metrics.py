@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Select, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from service.models import MetricPoint
+from service.models import MetricPoint, MetricSeries
 from service.schemas import MetricPointRead
 
 _COLUMNS = "job_id, name, step, epoch, value, time"
@@ -34,6 +34,38 @@ def record_points(session: Session, *, job_id: str, points: Sequence[dict[str, A
         _copy_points(connection, job_id, points)
     else:
         _insert_points(connection, job_id, points)
+    _count_series(session, job_id, points)
+
+
+def _count_series(session: Session, job_id: str, points: Sequence[dict[str, Any]]) -> None:
+    """Keep each series' count, step range and stride (MetricSeries) in step with the points just written."""
+    steps_by_name: dict[str, list[int]] = {}
+    for p in points:
+        steps_by_name.setdefault(p["name"], []).append(p["step"])
+    for name, steps in steps_by_name.items():
+        steps.sort()
+        row = session.get(MetricSeries, (job_id, name))
+        if row is None:
+            session.add(MetricSeries(job_id=job_id, name=name, count=len(steps), first_step=steps[0],
+                                     last_step=steps[-1], stride=_stride([steps[0]], 0, steps[1:])))
+            continue
+        row.stride = _stride([row.last_step], row.stride, steps)
+        row.count += len(steps)
+        row.last_step, row.first_step = max(row.last_step, steps[-1]), min(row.first_step, steps[0])
+
+
+def _stride(before: list[int], stride: int | None, steps: list[int]) -> int | None:
+    """The series' step gap once `steps` follow `before` (its last step): 0 while it has one point, None once
+    two gaps differ (or steps arrive out of order)."""
+    if stride is None:
+        return None
+    previous = before[-1]
+    for step in steps:
+        gap = step - previous
+        if gap <= 0 or (stride and gap != stride):
+            return None
+        stride, previous = gap, step
+    return stride
 
 
 def _copy_points(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
@@ -66,6 +98,20 @@ def _sqlite_value(value: float) -> float | str:
 def drop_points_after(session: Session, *, job_id: str, step: int) -> None:
     # A resumed run recomputes everything after its checkpoint: replace those points, never duplicate them.
     session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step))
+    _recount_series(session, job_id)
+
+
+def _recount_series(session: Session, job_id: str) -> None:
+    """MetricSeries rebuilt from the points themselves (after a resume dropped some: rare, so a scan is fine)."""
+    session.execute(delete(MetricSeries).where(MetricSeries.job_id == job_id))
+    counts = session.execute(select(MetricPoint.name, func.count(), func.min(MetricPoint.step),
+                                    func.max(MetricPoint.step))
+                             .where(MetricPoint.job_id == job_id).group_by(MetricPoint.name)).all()
+    for name, count, first, last in counts:
+        strided = _even_stride(session, [MetricPoint.job_id == job_id, MetricPoint.name == name], count) \
+            if count > 1 else (first, 0)
+        session.add(MetricSeries(job_id=job_id, name=name, count=count, first_step=first, last_step=last,
+                                 stride=strided[1] if strided else None))
 
 
 _POINT_COLUMNS = (MetricPoint.name, MetricPoint.step, MetricPoint.epoch, MetricPoint.value, MetricPoint.time)
@@ -101,7 +147,7 @@ def read_points(session: Session, *, job_id: str, names: list[str] | None, since
     where = _filters(job_id, names, since_step)
     if not max_points:
         return [_to_read(r) for r in session.execute(_points(where))]
-    return _read_downsampled(session, where, max_points)
+    return _read_downsampled(session, where, max_points, _known_series(session, job_id, names, since_step))
 
 
 def read_points_page(session: Session, *, job_id: str, names: list[str] | None, since_step: int | None,
@@ -114,7 +160,7 @@ def read_points_page(session: Session, *, job_id: str, names: list[str] | None, 
     """
     where = _filters(job_id, names, since_step)
     if max_points:
-        return _read_downsampled(session, where, max_points), None
+        return _read_downsampled(session, where, max_points, _known_series(session, job_id, names, since_step)), None
     query = select(*_POINT_COLUMNS).where(*where).order_by(MetricPoint.step, MetricPoint.name)
     rows = session.execute(query.limit(limit + 1)).all()
     if len(rows) <= limit:
@@ -133,32 +179,51 @@ def _points(where: list[ColumnElement[bool]], *more: ColumnElement[bool]) -> Sel
     return select(*_POINT_COLUMNS).where(*where, *more).order_by(MetricPoint.name, MetricPoint.step)
 
 
-def _read_downsampled(session: Session, where: list[ColumnElement[bool]], max_points: int) -> list[MetricPointRead]:
+def _known_series(session: Session, job_id: str, names: list[str] | None,
+                  since_step: int | None) -> list[MetricSeries] | None:
+    """The series a whole-series read covers, as counted at write time; None where they cannot answer (a read
+    from a step on), and the points are counted instead."""
+    if since_step is not None:
+        return None
+    query = select(MetricSeries).where(MetricSeries.job_id == job_id).order_by(MetricSeries.name)
+    if names:
+        query = query.where(MetricSeries.name.in_(names))
+    return list(session.scalars(query))
+
+
+def _read_downsampled(session: Session, where: list[ColumnElement[bool]], max_points: int,
+                      series: list[MetricSeries] | None) -> list[MetricPointRead]:
     """Downsampling in SQL: of a series over the cap only the kept points are read as rows.
 
-    One pass over the (job_id, name, step) index counts the points of each series. The series within the cap
-    are read whole; each larger one by the steps at the positions `pick_positions` keeps.
+    Each series' count comes from MetricSeries (kept at write time) or, for a read from a step on, from one pass
+    over the (job_id, name, step) index. The series within the cap are read whole; each larger one by the steps
+    at the positions `pick_positions` keeps: computed from its stride where it has one, with no scan at all.
     """
-    counts = session.execute(
-        select(MetricPoint.name, func.count()).where(*where).group_by(MetricPoint.name).order_by(MetricPoint.name)
-    ).all()
-    kept: dict[str, list[MetricPointRead]] = {name: [] for name, _ in counts}
-    small = [name for name, count in counts if count <= max_points]
+    counts: list[tuple[str, int, tuple[int, int] | None]]
+    if series is None:
+        counts = [(name, count, None) for name, count in session.execute(
+            select(MetricPoint.name, func.count()).where(*where).group_by(MetricPoint.name)
+            .order_by(MetricPoint.name))]
+    else:
+        counts = [(s.name, s.count, (s.first_step, s.stride) if s.stride else None) for s in series]
+    kept: dict[str, list[MetricPointRead]] = {name: [] for name, _, _ in counts}
+    small = [name for name, count, _ in counts if count <= max_points]
     if small:
         for row in session.execute(_points(where, MetricPoint.name.in_(small))):
             kept[row.name].append(_to_read(row))
-    for name, count in counts:
+    for name, count, strided in counts:
         if count > max_points:
             in_series = [*where, MetricPoint.name == name]
-            steps = _kept_steps(session, in_series, count, max_points)
+            steps = _kept_steps(session, in_series, count, max_points, strided)
             rows = session.execute(_points(in_series, MetricPoint.step.in_(_literal_ints(steps))))
             kept[name] = [_to_read(r) for r in rows]
     return [p for points in kept.values() for p in points]
 
 
-def _kept_steps(session: Session, in_series: list[ColumnElement[bool]], count: int, max_points: int) -> list[int]:
+def _kept_steps(session: Session, in_series: list[ColumnElement[bool]], count: int, max_points: int,
+                strided: tuple[int, int] | None) -> list[int]:
     positions = pick_positions(count, max_points)
-    strided = _even_stride(session, in_series, count)
+    strided = strided or _even_stride(session, in_series, count)
     if strided is not None:
         first, stride = strided
         return [first + stride * p for p in positions]

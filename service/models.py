@@ -145,6 +145,21 @@ class MetricPoint(Base):
     time: Mapped[datetime]
 
 
+class MetricSeries(Base):
+    """Per (job, series): what the worker wrote, kept at write time so a downsampled read of a million points
+    reads only the points it returns. `stride` is the step gap of a series written at a fixed interval (every
+    point at first_step + stride * k); null when the gaps differ or are not known."""
+
+    __tablename__ = "metric_series"
+
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    first_step: Mapped[int] = mapped_column(Integer)
+    last_step: Mapped[int] = mapped_column(Integer)
+    stride: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
     __table_args__ = (Index("ix_checkpoints_job_step", "job_id", "step"),)

@@ -9,12 +9,21 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine
-from service.metrics import downsample, pick_positions, points_csv, read_points, read_points_page, record_points
+from service.metrics import (
+    downsample,
+    drop_points_after,
+    pick_positions,
+    points_csv,
+    read_points,
+    read_points_page,
+    record_points,
+)
 from service.migrate import migrate_to_head
-from service.models import Job
+from service.models import Job, MetricSeries
 from service.settings import Settings
 from tests.conftest import create_pg_database, drop_pg_database
 
@@ -164,3 +173,48 @@ def test_a_read_is_bounded_and_its_cursor_reads_on_without_gaps_or_repeats(
     expected = sorted((n, s) for n, series in steps.items() for s in series)
     assert sorted(read) == expected and len(read) == len(expected)
     assert pages >= len(expected) // (limit + len(steps))
+
+
+def _series_rows(sessions: sessionmaker[Session], job_id: str) -> dict[str, tuple[int, int, int, int | None]]:
+    with sessions() as session:
+        rows = session.scalars(select(MetricSeries).where(MetricSeries.job_id == job_id))
+        return {r.name: (r.count, r.first_step, r.last_step, r.stride) for r in rows}
+
+
+def test_series_counts_and_strides_are_kept_at_write_time_and_after_a_resume(
+        sessions: sessionmaker[Session]) -> None:
+    job_id = _job_with_points(sessions, _series_steps())
+    series = _series_rows(sessions, job_id)
+    assert series["train_loss"] == (1000, 1, 1000, 1)
+    assert series["lr"] == (500, 10, 5000, 10)
+    assert series["val_loss"][3] is None and series["val_mae"][3] is None  # uneven gaps: no stride
+    assert series["val_r2"] == (1, 42, 42, 0)  # one point: no gap yet
+    with sessions() as session, session.begin():  # the worker's batches, in order: the stride holds across them
+        record_points(session, job_id=job_id, points=[
+            {"name": "lr", "step": s, "epoch": 1, "value": 1.0, "time": T0} for s in (5010, 5020)])
+        record_points(session, job_id=job_id, points=[
+            {"name": "val_r2", "step": 52, "epoch": 1, "value": 1.0, "time": T0}])
+    series = _series_rows(sessions, job_id)
+    assert series["lr"] == (502, 10, 5020, 10) and series["val_r2"] == (2, 42, 52, 10)
+    with sessions() as session, session.begin():  # a resume from step 500 replaces what came after
+        drop_points_after(session, job_id=job_id, step=500)
+    series = _series_rows(sessions, job_id)
+    assert series["train_loss"] == (500, 1, 500, 1) and series["lr"] == (50, 10, 500, 10)
+    assert series["val_r2"] == (2, 42, 52, 10) and series["val_mae"][3] is None
+
+
+def test_a_downsampled_read_of_a_strided_series_counts_and_scans_nothing(sessions: sessionmaker[Session]) -> None:
+    job_id = _job_with_points(sessions, {"train_loss": list(range(5, 300_005, 5))})
+    statements: list[str] = []
+    with sessions() as session:
+        engine = session.get_bind()
+        listener = lambda *args: statements.append(str(args[2]).lower())  # noqa: E731 (statement text)
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            sampled = read_points(session, job_id=job_id, names=None, since_step=None, max_points=500)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+    assert [p.step for p in sampled] == [5 + 5 * i for i in pick_positions(60_000, 500)]
+    # The counts and the stride come from metric_series: no count(), no grouping, no modulo scan of the points.
+    scans = ("count(", "group by", "metric_points.step -", "row_number")
+    assert statements and not any(scan in s for s in statements for scan in scans), statements
