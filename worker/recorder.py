@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete, tuple_, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.checkpoints import record_checkpoint
@@ -164,10 +164,12 @@ class JobRecorder:
 
         def write(session: Session, is_retry: bool) -> None:
             update_owned(session, job_id, owner, last_metrics=last)  # checks the lease first
-            if is_retry:  # the failed attempt may have committed: replace, never duplicate
-                session.execute(delete(MetricPoint).where(
-                    MetricPoint.job_id == job_id,
-                    tuple_(MetricPoint.name, MetricPoint.step).in_([(r["name"], r["step"]) for r in rows])))
+            # The failed attempt may have committed without us hearing: a batch is written whole in one
+            # transaction, so finding its first point means it is in. Never duplicate.
+            if is_retry and rows and session.scalar(select(MetricPoint.id).where(
+                    MetricPoint.job_id == job_id, MetricPoint.name == rows[0]["name"],
+                    MetricPoint.step == rows[0]["step"])) is not None:
+                return
             record_points(session, job_id=job_id, points=rows)
 
         self.writer.submit(write, size=POINT_BYTES * len(rows), what="points")
