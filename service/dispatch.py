@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from service import jobs, sweeps
 from service.db import is_transient, with_retry
 from service.queue import enqueue_training
+from service.models import utcnow
 from service.schemas import JobRead
 from service.settings import Settings
 from service.spec import JobSpec
@@ -35,12 +36,23 @@ def send_job(job_id: str, *, queue: str, settings: Settings | None = None) -> bo
 def submit_and_send(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: str | None,
                     settings: Settings) -> tuple[JobRead, bool]:
     """POST /jobs: store the job, commit, then send it (enqueue after commit, so no worker can see an
-    uncommitted job). Returns the job and whether it is new (False: an idempotent replay)."""
+    uncommitted job). Returns the job and whether it is new (False: an idempotent replay).
+
+    The job is stored as sent (enqueued_at) in its own insert, so a send that works costs no second write
+    before the worker can claim it; a send the broker refuses clears the mark and the reaper sends it later. (If
+    the API dies between the commit and the send, the reaper's unclaimed-job rule sends it after a lease.)"""
     job, created = jobs.submit_job(session, tenant=tenant, spec=spec, idempotency_key=idempotency_key,
                                    settings=settings)
+    if created:
+        job.enqueued_at = utcnow()
     session.commit()
-    if created and send_job(job.id, queue=job.queue, settings=settings):
-        session.refresh(job)  # the answer shows it handed to the broker (its waiting reason says so)
+    if created:
+        try:
+            enqueue_training(job.id, queue=job.queue, settings=settings)
+        except Exception as exc:  # the broker is down: the reaper sends it again once it is back
+            log.warning("job.enqueue_failed job_id=%s error=%s", job.id, exc)
+            job.enqueued_at = None
+            session.commit()
     return jobs.job_read(session, job, settings=settings), created
 
 
