@@ -68,6 +68,7 @@ class Job(Base):
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_tenant_status", "tenant", "status"),  # the running-job quota, counted at each submit
         UniqueConstraint("sweep_id", "trial_number", name="uq_jobs_sweep_trial"),
     )
 
