@@ -2,8 +2,8 @@
 
 Covers what a user does in the browser: enter the API key, submit a spec from the submit page, watch the
 loss curve grow while the job runs, see a shape error at its JSON path before submitting, cancel a running
-job, filter the jobs list, compare picked jobs, follow a sweep's trials, read the model registry. Every test
-also asserts the page logged no console error.
+job, filter the jobs list, compare picked jobs, follow a sweep's trials, export and register a model from
+its job page, move its aliases on the models page. Every test also asserts the page logged no console error.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+import onnx
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect, sync_playwright
 
 from service.spec import SEED_EXAMPLE
 from tests.conftest import LiveServer, start_server, stop_server
@@ -36,6 +37,8 @@ CHROMIUM_ARGS = [
 ]
 # Generous: a shared 2-core machine can run the worker many times slower than an idle one.
 JOB_TIMEOUT_MS = 240_000
+# For a page waiting on one request the server may answer slowly when the machine is busy.
+SERVER_MS = 30_000
 
 
 def seed_spec(n_samples: int = 128, **training: Any) -> dict[str, Any]:
@@ -339,8 +342,89 @@ def test_the_models_page_shows_versions_and_aliases(dashboard: Dashboard) -> Non
     dashboard.log_in()
     card = page.locator(f'[data-model="{name}"]')
     expect(card.locator('[data-testid="model-versions"] tbody tr')).to_have_count(2)
-    expect(card.get_by_test_id("model-aliases")).to_have_text(f"{name}@prod → v1")
+    expect(card.locator('[data-testid="model-aliases"] li')).to_have_count(1)
+    expect(card.locator('[data-testid="model-aliases"] li[data-alias="prod"]')).to_contain_text(f"{name}@prod → v1")
     expect(card.locator('tr[data-version="1"] .tag')).to_have_text("prod")
-    card.locator('tr[data-version="2"] a').click()
+    # The seed example's data has no names: 32 values in, one value out.
+    expect(card.locator('tr[data-version="2"] [data-testid="version-signature"]')).to_have_text("[32] → 1 value")
+    card.locator('tr[data-version="2"] [data-testid="version-job"]').click()
     page.wait_for_url(f"**/#/jobs/{job['id']}")
+    assert dashboard.console_errors == []
+
+
+def iris_spec() -> dict[str, Any]:
+    """A classifier on data with named features and classes, with a validation split so `best` exists."""
+    return {
+        "name": "dash-iris",
+        "model": {"layers": [{"type": "Linear", "out_features": 8}, {"type": "ReLU"},
+                             {"type": "Linear", "out_features": 3}]},
+        "loss": {"type": "CrossEntropyLoss"},
+        "optimizer": {"type": "Adam", "lr": 0.05},
+        "training": {"epochs": 4, "batch_size": 32, "validation_split": 0.2, "normalize": True, "seed": 1},
+        "data": {"source": "builtin", "name": "iris"},
+    }
+
+
+def downloaded(page: Page, link: Locator) -> bytes:
+    """Clicks a download link (fetched with the key, handed to the browser as a blob) and returns the file."""
+    with page.expect_download(timeout=120_000) as info:
+        link.click()
+    path = info.value.path()
+    return Path(path).read_bytes()
+
+
+def test_a_finished_job_is_exported_and_registered_from_its_page_then_aliased_on_the_models_page(
+    dashboard: Dashboard,
+) -> None:
+    page = dashboard.page
+    job = finished_jobs(dashboard.server, [iris_spec()])[0]
+    assert job["best"] is not None
+    name = f"dash-iris-{job['id'][:6]}"
+
+    dashboard.open(f"#/jobs/{job['id']}")
+    dashboard.log_in()
+    signature = page.get_by_test_id("signature")
+    # The first signature read loads the data set's names: slow on a busy machine.
+    expect(signature).to_contain_text("[4]", timeout=SERVER_MS)
+    expect(signature).to_contain_text("sepal length (cm)")
+    expect(signature).to_contain_text("classes: setosa, versicolor, virginica")
+
+    # The best checkpoint as ONNX: a model onnx reads, taking rows of 4 values with any batch size.
+    raw = downloaded(page, page.get_by_test_id("export-best-onnx"))
+    model = onnx.load_model_from_string(raw)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][1:] == [4] and not dims[0].dim_value
+    assert downloaded(page, page.get_by_test_id("export-latest-pt2"))  # non-empty
+
+    page.get_by_test_id("register-name").fill(name)
+    page.get_by_test_id("register-checkpoint").select_option("best")
+    page.get_by_test_id("register-submit").click()
+    result = page.get_by_test_id("register-result")
+    expect(result).to_contain_text(f"{name}:1", timeout=SERVER_MS)
+    with dashboard.server.client() as client:
+        version = client.get(f"/models/{name}/versions/1").json()
+    assert version["checkpoint_id"] == job["best"]["checkpoint_id"]  # "best" pinned as the best epoch's id
+
+    result.get_by_test_id("register-models-link").click()
+    page.wait_for_url("**/#/models")
+    card = page.locator(f'[data-model="{name}"]')
+    expect(card.locator('tr[data-version="1"] [data-testid="version-signature"]')).to_contain_text("3 classes",
+                                                                                                   timeout=SERVER_MS)
+    expect(card.get_by_test_id("model-aliases")).to_have_text("No aliases.")
+    card.get_by_test_id("alias-name").fill("prod")
+    card.get_by_test_id("alias-version").select_option("1")
+    card.get_by_test_id("alias-set").click()
+    expect(card.locator('[data-testid="model-aliases"] li[data-alias="prod"]')).to_contain_text(f"{name}@prod → v1",
+                                                                                                 timeout=SERVER_MS)
+    expect(card.locator('tr[data-version="1"] .tag')).to_have_text("prod")
+    with dashboard.server.client() as client:
+        assert client.get(f"/models/{name}").json()["aliases"] == {"prod": 1}
+
+    assert downloaded(page, card.locator('tr[data-version="1"] [data-testid="version-export-onnx"]')) == raw
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-models.png")), full_page=True)
+
+    card.locator('[data-alias="prod"] [data-testid="alias-delete"]').click()
+    expect(card.get_by_test_id("model-aliases")).to_have_text("No aliases.", timeout=SERVER_MS)
+    with dashboard.server.client() as client:
+        assert client.get(f"/models/{name}").json()["aliases"] == {}
     assert dashboard.console_errors == []

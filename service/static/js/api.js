@@ -72,17 +72,30 @@ export const api = {
   getSweep: (id, signal) => request("GET", `sweeps/${encodeURIComponent(id)}`, { signal }),
   listModels: (params, signal) => request("GET", `models?${new URLSearchParams(params)}`, { signal }),
   getModel: (name, signal) => request("GET", `models/${encodeURIComponent(name)}`, { signal }),
+  registerModel: (body) => request("POST", "models", { body }),
+  setAlias: (name, alias, version) =>
+    request("PUT", `models/${encodeURIComponent(name)}/aliases/${encodeURIComponent(alias)}`, { body: { version } }),
+  deleteAlias: (name, alias) =>
+    request("DELETE", `models/${encodeURIComponent(name)}/aliases/${encodeURIComponent(alias)}`),
+  signature: (id, ckpt, signal) =>
+    request("GET", `jobs/${encodeURIComponent(id)}/checkpoints/${encodeURIComponent(ckpt)}/signature`, { signal }),
 };
 
+// The file name the server gives in Content-Disposition, if any.
+function attachmentName(response) {
+  const match = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
+  return match ? match[1] : "";
+}
+
 // An <a download> cannot carry the Authorization header, so the file is fetched here and handed to the
-// browser as a blob URL.
+// browser as a blob URL. Without a filename, the server's (Content-Disposition) is used.
 export async function download(path, filename) {
   const response = await fetch(path, { headers: headers() });
   if (!response.ok) throw await errorFrom(response);
   const url = URL.createObjectURL(await response.blob());
   const link = document.createElement("a");
   link.href = url;
-  link.download = filename;
+  link.download = filename || attachmentName(response) || "download";
   document.body.append(link);
   link.click();
   link.remove();

@@ -5,7 +5,7 @@ import { clearKey, getKey, setKey, setUnauthorizedHandler } from "./api.js";
 import { renderCompare } from "./compare/page.js";
 import { renderJob } from "./job/page.js";
 import { renderJobs } from "./jobs.js";
-import { renderModels } from "./models.js";
+import { renderModels } from "./models/page.js";
 import { renderSubmit } from "./submit/page.js";
 import { renderSweeps } from "./sweeps/list.js";
 import { renderSweep } from "./sweeps/page.js";

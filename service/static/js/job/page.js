@@ -1,4 +1,4 @@
-// The job page (#/jobs/{id}): composes its parts (header, curves, checkpoints, predict, report and spec),
+// The job page (#/jobs/{id}): composes its parts (header, curves, checkpoints, predict, model, report and spec),
 // loads the job, polls it until it finishes and hands each new state to every part.
 
 import { api } from "../api.js";
@@ -6,6 +6,7 @@ import { FINISHED, h } from "../ui.js";
 import { jobCheckpoints } from "./checkpoints.js";
 import { jobCurves } from "./curves.js";
 import { jobHeader } from "./header.js";
+import { jobModel } from "./model.js";
 import { predictForm } from "./predict.js";
 import { jobSpec } from "./spec.js";
 
@@ -33,8 +34,8 @@ function pageContext(jobId) {
 
 export function renderJob(main, jobId) {
   const page = pageContext(jobId);
-  const parts = [jobHeader(page), jobCurves(page), jobCheckpoints(page), predictForm(page), jobSpec(page)];
-  const [header, curves, checkpoints, predict, spec] = parts;
+  const parts = [jobHeader(page), jobCurves(page), jobCheckpoints(page), predictForm(page), jobModel(page), jobSpec(page)];
+  const [header, curves, checkpoints, predict, model, spec] = parts;
   const section = h(
     "section",
     { class: "job" },
@@ -43,6 +44,7 @@ export function renderJob(main, jobId) {
     header.facts,
     curves.el,
     h("div", { class: "columns" }, checkpoints.el, predict.el),
+    model.el,
     spec.el,
   );
   main.append(section);
