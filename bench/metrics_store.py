@@ -2,7 +2,7 @@
 
 Three parts, each against its peer in this one run, on SQLite and on PostgreSQL:
 
-(a) training: ``worker.engine.fit()`` with the worker's own callbacks (``worker.tasks.JobRecorder``) storing
+(a) training: ``worker.engine.fit()`` with the worker's own callbacks (``worker.recorder.JobRecorder`` and its background writer) storing
     points, progress and checkpoints in the database, against the same fit() storing nothing (no step points,
     only the final checkpoint, callbacks that drop everything). Goal: ratio >= 0.95.
 (b) ingestion: rows/s of ``service.metrics.record_points`` against the raw driver's fastest path: one
@@ -144,18 +144,22 @@ def run_fit(adapter: FitAdapter, case: Case, variant: str, template: torch.nn.Mo
             y: torch.Tensor) -> tuple[float, dict[str, int]]:
     """Seconds of one fit() and what it stored, with the worker's recorder writing to service.db's database."""
     from worker.data import TrainData
-    from worker.tasks import JobRecorder
+    from worker.recorder import BackgroundWriter, JobRecorder
 
     spec = fit_spec(adapter, case, variant)
     model = adapter.model_for(case, template)
     data = TrainData(x_train=x, y_train=y, x_val=None, y_val=None, task="regression")
     stored = {"points": 0, "checkpoints": 0}
+    writer = None
     if variant == "off":
         callbacks: dict[str, Callable[..., None]] = {
             "on_points": lambda points: None, "on_checkpoint": lambda blob: None, "on_progress": lambda p: None}
     else:
         owner = f"bench-{os.getpid()}"
-        recorder = JobRecorder(job_id=new_job(db.get_engine(), owner=owner), owner=owner, spec=spec)
+        job_id = new_job(db.get_engine(), owner=owner)
+        writer = BackgroundWriter(job_id=job_id, max_bytes=256 * 1024 * 1024)  # the worker's default buffer
+        writer.start()
+        recorder = JobRecorder(job_id=job_id, owner=owner, spec=spec, writer=writer)
 
         def on_points(points: list[Any]) -> None:
             stored["points"] += len(points)
@@ -168,6 +172,9 @@ def run_fit(adapter: FitAdapter, case: Case, variant: str, template: torch.nn.Mo
         callbacks = {"on_points": on_points, "on_checkpoint": on_checkpoint, "on_progress": recorder.progress}
     started = time.perf_counter()
     adapter.fit(model, spec, data, device="cpu", should_stop=lambda: False, **callbacks)
+    if writer is not None:  # timed until every point and checkpoint is in the database, as the job's end is
+        writer.flush()
+        writer.close()
     return time.perf_counter() - started, stored
 
 
