@@ -26,7 +26,9 @@ RUN python -m venv /opt/venv \
 
 FROM torch-${TORCH_FLAVOR} AS build
 WORKDIR /src
-# Dependencies first (they change less often than the code), then the package itself without them.
+# Dependencies first (they change less often than the code), then the package itself without them. The runtime
+# dependencies are pyproject.toml's [project] dependencies, all of them: onnx (export), optuna (sweeps),
+# scikit-learn (the builtin data sets), psycopg, redis...; torch is already there, so pip keeps it.
 COPY pyproject.toml README.md ./
 RUN mkdir -p service worker migrations && touch service/__init__.py worker/__init__.py migrations/__init__.py \
  && /opt/venv/bin/pip install . && /opt/venv/bin/pip uninstall -y trainserve-server
@@ -35,6 +37,12 @@ COPY worker ./worker
 COPY migrations ./migrations
 RUN /opt/venv/bin/pip install --no-deps . \
  && find /opt/venv -name "__pycache__" -type d -prune -exec rm -rf {} +
+# A missing runtime dependency fails the build here, not the first export or sweep in production. The modules:
+# the API's factory (uvicorn runs service.app:create_app), the worker's Celery app and training loop, export
+# and sweeps with the libraries they load lazily. Run outside /src so the installed package is the one imported.
+WORKDIR /
+RUN /opt/venv/bin/python -c "import service.app, service.cli, service.export, service.sweeps, \
+worker.celery_app, worker.engine, onnx, optuna, sklearn"
 
 # --- runtime: no compilers, no build files, a non-root user ------------------------------------------------
 FROM base AS runtime

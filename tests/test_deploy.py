@@ -1,20 +1,32 @@
 """The Dockerfile and docker-compose.yml agree with the code: no container engine runs here, so they are read.
 
 Every command they run parses with `trainserve-server`'s own argument parser, every TRAINSERVE_* they set is
-a real setting, ports and health checks point where the processes listen, and the files they copy exist.
+a real setting, ports and health checks point where the processes listen, the files they copy and the modules
+they name exist, and the image's dependencies (pyproject.toml's) cover every library the service imports.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import json
 import re
 import shlex
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
+from service import cli
 from service.cli import build_parser
+from service.migrate import migrate_to_head
 from service.queue import QUEUES
 from service.settings import Settings
 from tests.conftest import ROOT
@@ -48,8 +60,20 @@ def assert_cli_command(argv: list[str]) -> None:
         assert set(args.queues.split(",")) <= {*QUEUES, "auto"}, argv
 
 
+# Compose's "${NAME:-default}" (and "${NAME}"), read as compose does with NAME unset in the environment.
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def interpolated(value: Any) -> str:
+    return INTERPOLATION.sub(lambda m: m.group(2) or "", str(value))
+
+
 def env_settings(env: dict[str, Any]) -> dict[str, str]:
-    return {k: str(v) for k, v in env.items() if k.startswith("TRAINSERVE_")}
+    return {k: interpolated(v) for k, v in env.items() if k.startswith("TRAINSERVE_")}
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------------------
@@ -96,6 +120,82 @@ def test_dockerfile_health_check_and_command_are_real_commands() -> None:
     assert_cli_command(json.loads(next(v for k, v in reversed(steps) if k == "CMD")))
 
 
+def dockerfile_smoke_imports() -> list[str]:
+    """The modules the build stage imports to prove the image has every runtime dependency."""
+    commands = [v for k, v in dockerfile_instructions() if k == "RUN" and "python -c" in v and "import " in v]
+    assert len(commands) == 1, commands
+    code = re.search(r'-c "([^"]+)"', commands[0])
+    assert code, commands[0]
+    return [name.strip() for name in code.group(1).removeprefix("import ").split(",")]
+
+
+def test_the_image_build_imports_the_entry_points_and_the_lazily_loaded_libraries() -> None:
+    modules = dockerfile_smoke_imports()
+    for name in modules:
+        assert importlib.util.find_spec(name) is not None, f"the Dockerfile imports {name}, which does not exist"
+    # The API's factory (`trainserve-server api` serves it), the CLI the image's CMD runs, the worker's Celery
+    # app, and what export and sweeps load only when first used.
+    script = pyproject()["project"]["scripts"]["trainserve-server"]
+    entry_module, _, entry_function = script.partition(":")
+    assert callable(getattr(importlib.import_module(entry_module), entry_function))
+    assert {entry_module, "service.app", "worker.celery_app", "service.export", "service.sweeps", "onnx",
+            "optuna"} <= set(modules)
+
+
+# Used by the service without being imported by name, so no import statement shows them.
+INDIRECT_RUNTIME_DEPENDENCIES = {
+    "onnx": "torch.onnx.export writes the ONNX export with it",
+    "psycopg": "postgresql:// database URLs",
+    "redis": "redis:// broker URLs",
+}
+# Imports no process in the image makes.
+NOT_IN_THE_IMAGE = {Path("service/localstack.py")}  # the local launcher tests and benchmarks use
+
+
+def runtime_distributions() -> set[str]:
+    """pyproject.toml's runtime dependencies with everything they require (their requested extras included)."""
+    found: dict[str, set[str]] = {}
+    todo = [Requirement(r) for r in pyproject()["project"]["dependencies"]]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in found and set(req.extras) <= found[name]:
+            continue
+        extras = found[name] = found.get(name, set()) | set(req.extras)
+        for text in metadata.requires(req.name) or []:
+            sub = Requirement(text)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras or {""}):
+                todo.append(sub)
+    return set(found)
+
+
+def imported_libraries() -> set[str]:
+    """Top-level names the image's code imports, the standard library and the project's own packages left out."""
+    names: set[str] = set()
+    for path in sorted(p for d in ("service", "worker", "migrations") for p in (ROOT / d).rglob("*.py")):
+        if path.relative_to(ROOT) in NOT_IN_THE_IMAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.partition(".")[0])
+    return names - set(sys.stdlib_module_names) - {"__future__", "service", "worker", "migrations"}
+
+
+def test_the_image_installs_every_library_the_service_uses() -> None:
+    installed = runtime_distributions()
+    by_module = metadata.packages_distributions()
+    missing = {module for module in imported_libraries()
+               if not {canonicalize_name(d) for d in by_module.get(module, [])} & installed}
+    assert not missing, f"imported by service/worker/migrations but not a runtime dependency: {sorted(missing)}"
+    assert set(INDIRECT_RUNTIME_DEPENDENCIES) <= installed
+    for path in NOT_IN_THE_IMAGE:  # nothing the image runs may import what it leaves out
+        module = ".".join(path.with_suffix("").parts)
+        users = [p for p in (ROOT / "service").rglob("*.py") if re.search(rf"\b{re.escape(module)}\b", p.read_text())]
+        assert users == [], users
+
+
 def test_dockerignore_keeps_the_build_context_small_but_complete() -> None:
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
@@ -134,6 +234,41 @@ def test_compose_commands_and_settings_are_real(name: str) -> None:
     env = env_settings(service["environment"])
     assert set(env) <= SETTING_NAMES, set(env) - SETTING_NAMES
     Settings(**{k.removeprefix("TRAINSERVE_").lower(): v for k, v in env.items()})
+
+
+def test_compose_limits_default_to_the_code_defaults() -> None:
+    env = compose()["services"]["api"]["environment"]
+    interpolations = {key: INTERPOLATION.fullmatch(str(value)) for key, value in env.items()}
+    overridable = {key: m for key, m in interpolations.items() if m}
+    assert {"TRAINSERVE_MAX_JOB_MEMORY_BYTES", "TRAINSERVE_MAX_STREAMS_PER_TENANT",
+            "TRAINSERVE_MAX_RUNNING_JOBS_PER_TENANT", "TRAINSERVE_PREDICT_CACHE_SECONDS"} <= set(overridable)
+    defaults = Settings()
+    for key, match in overridable.items():
+        assert match.group(1) == key, f"{key} reads ${{{match.group(1)}}}"  # a typo would never be set
+        field = key.removeprefix("TRAINSERVE_").lower()
+        assert Settings(**{field: match.group(2)}).model_dump()[field] == getattr(defaults, field), key
+
+
+def test_compose_api_command_serves_the_app_factory_once_migrated(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`trainserve-server api` (compose's api command) refuses a database behind the migrations, which is why
+    the migrate service runs first; at head it serves `service.app:create_app` as a factory on the settings'
+    host and port."""
+    import uvicorn
+
+    served: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: served.append((args, kwargs)))
+    settings = Settings(home=tmp_path, host="0.0.0.0", port=8123)
+    assert compose()["services"]["api"]["command"][1:] == ["api"]
+    assert cli.cmd_api(settings) == 2 and served == []
+
+    migrate_to_head(settings.database_url)
+    assert cli.cmd_api(settings) == 0
+    (target, *_), options = served[0]
+    module, _, factory = target.partition(":")
+    assert getattr(importlib.import_module(module), factory) is importlib.import_module("service.app").create_app
+    assert options["factory"] is True
+    assert (options["host"], options["port"]) == ("0.0.0.0", 8123)
 
 
 def test_compose_urls_point_at_its_own_postgres_and_redis() -> None:
