@@ -145,3 +145,53 @@ def test_a_database_outage_of_a_minute_pauses_a_running_job_and_never_fails_it(
         assert "db.unavailable" in server.log_path.read_text()
     finally:
         stop_server(server.proc)
+
+
+def _count_500s(metrics_text: str) -> float:
+    """Requests the API counted with status 500 (trainserve_http_requests_total, service.observability)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(metrics_text)
+               for sample in family.samples
+               if sample.name == "trainserve_http_requests_total" and sample.labels.get("status") == "500")
+
+
+def test_while_the_database_is_down_every_request_answers_503_and_nothing_counts_as_a_500(
+        tmp_path: Path, postgres_process: PostgresProcess) -> None:
+    # /predict trusts a key it has seen for predict_cache_seconds: its requests get past the key check and meet
+    # the outage inside the route, where the others meet it in the key check.
+    server = start_server(tmp_path / "home", env_extra={"TRAINSERVE_DATABASE_URL": postgres_process.url,
+                                                        "TRAINSERVE_PREDICT_CACHE_SECONDS": "600"})
+    predict = ("POST", "/predict", {"job_id": "0123456789abcdef0123456789abcdef", "inputs": [[0.0]]})
+    # What a client does: submit, list, read one job, its metrics and checkpoints, the models and sweeps, predict.
+    requests = [predict, ("POST", "/jobs", {**SEED_EXAMPLE, "name": "during-outage"}), ("GET", "/jobs", None),
+                ("GET", "/jobs/0123456789abcdef0123456789abcdef", None), ("GET", "/models", None),
+                ("GET", "/jobs/0123456789abcdef0123456789abcdef/metrics", None), ("GET", "/sweeps", None),
+                ("GET", "/jobs/0123456789abcdef0123456789abcdef/checkpoints", None)]
+    try:
+        with server.client() as c:
+            assert c.get("/jobs").status_code == 200
+            assert c.post("/predict", json=predict[2]).status_code == 404
+            postgres_process.stop()
+            for method, path, body in requests * 2:  # twice: the pool's dead connections, then fresh attempts
+                response = c.request(method, path, json=body)
+                assert response.status_code == 503, (method, path, response.status_code, response.text)
+                assert int(response.headers["Retry-After"]) > 0
+                assert response.json() == {"type": "unavailable", "detail": "the database is unavailable; "
+                                           "retry shortly", "errors": []}
+            assert _count_500s(httpx.get(f"{server.url}/metrics").text) == 0
+
+            postgres_process.start()
+            deadline = time.monotonic() + 60
+            while (answer := c.get("/jobs")).status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert answer.status_code == 200, answer.text
+            created = c.post("/jobs", json={**SEED_EXAMPLE, "name": "after-outage"})
+            assert created.status_code == 201, created.text
+            assert c.get(f"/jobs/{created.json()['id']}").status_code == 200
+            assert _count_500s(httpx.get(f"{server.url}/metrics").text) == 0
+    finally:
+        stop_server(server.proc)
+    log = server.log_path.read_text(errors="replace")
+    assert "Exception in ASGI application" not in log and "Traceback" not in log, server.log_tail(80)
+    assert "auth.db_unavailable" in log and "request.db_unavailable path=/predict" in log
