@@ -80,6 +80,15 @@ def error_responses(*codes: int, auth: bool = True) -> dict[int | str, dict[str,
     return out
 
 
+def linked(status: int, description: str, **targets: tuple[str, dict[str, str]]) -> dict[int | str, dict[str, Any]]:
+    """A success answer with OpenAPI links: `name=(operation_id, {parameter: body_field})` feeds fields of the
+    answer to that operation's parameters (generated clients and schemathesis' stateful phase follow them)."""
+    return {status: {"description": description, "links": {
+        name: {"operationId": operation,
+               "parameters": {parameter: f"$response.body#/{field}" for parameter, field in fields.items()}}
+        for name, (operation, fields) in targets.items()}}}
+
+
 def split_names(names: list[str] | None) -> list[str] | None:
     """`?names=a,b&names=c` -> ["a", "b", "c"]; nothing -> None (every series)."""
     if not names:

@@ -7,18 +7,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Response
 
 from service import compare, dispatch, jobs
-from service.routes.deps import SessionDep, SettingsDep, TenantDep, error_responses, split_names
+from service.routes.deps import SessionDep, SettingsDep, TenantDep, error_responses, linked, split_names
 from service.schemas import JobComparison, JobPage, JobRead, JobStatus, ValidationReport
 from service.spec import SEED_EXAMPLE, JobSpec
 
 router = APIRouter(tags=["jobs"])
 
 SPEC_EXAMPLES = {"seed": {"summary": "The seed article's 3-layer regression MLP", "value": SEED_EXAMPLE}}
+# What a client does next with a job it created (the stream is left out: it stays open until the job ends).
+_BY_ID = {"job_id": "id"}
+JOB_LINKS = {"GetJob": ("get_job", _BY_ID), "CancelJob": ("cancel_job", _BY_ID),
+             "GetMetrics": ("get_metrics", _BY_ID), "ListCheckpoints": ("list_checkpoints", _BY_ID)}
 SpecBody = Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)]
 
 
 @router.post("/jobs", status_code=201, response_model=JobRead, name="create_job",
-             responses={200: {"model": JobRead, "description": "an idempotent replay: the job this "
+             responses={**linked(201, "the job, queued", **JOB_LINKS),
+                        200: {"model": JobRead, "description": "an idempotent replay: the job this "
                                                                "Idempotency-Key created before"},
                         **error_responses(400, 413, 429)})
 def create_job(session: SessionDep, tenant: TenantDep, settings: SettingsDep, spec: SpecBody, response: Response,
@@ -73,9 +78,7 @@ def get_job(session: SessionDep, tenant: TenantDep, settings: SettingsDep, job_i
              responses=error_responses(404, 409))
 def cancel_job(session: SessionDep, tenant: TenantDep, settings: SettingsDep, job_id: str) -> JobRead:
     """Cancel a queued or running job (a running one stops within a second); 409 once it has finished."""
-    job = jobs.cancel_job(session, tenant=tenant, job_id=job_id)
-    session.commit()
-    return jobs.job_read(session, job, settings=settings)
+    return jobs.cancel_and_read_job(session, tenant=tenant, job_id=job_id, settings=settings)
 
 
 @router.delete("/jobs/{job_id}", status_code=204, name="delete_job", response_class=Response,

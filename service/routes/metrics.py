@@ -25,6 +25,12 @@ _SSE_DESCRIPTION = ("Server-sent events: `points` (a list of MetricPointRead), `
                     "and say when the database is briefly unavailable (the stream waits it out). At most "
                     "TRAINSERVE_MAX_STREAMS_PER_TENANT streams are open at once per tenant (429 past it).")
 
+# One event, as OpenAPI before 3.2 reads a stream's `schema`: its name and its JSON-encoded data.
+_SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"type": "string", "enum": ["points", "status", "end", "error"]},
+    "data": {"type": "string", "contentMediaType": "application/json", "description": "the event's JSON"},
+    "id": {"type": "string"}, "retry": {"type": "integer"}}}
+
 
 @router.get("/jobs/{job_id}/metrics", response_model=MetricsPage, name="get_metrics",
             responses={200: {"description": "the points (JSON), or a CSV file with format=csv", "content": _CSV},
@@ -39,21 +45,17 @@ def get_metrics(session: SessionDep, tenant: TenantDep, settings: SettingsDep, j
     `next_since_step` is then set: pass it as `since_step` to read on (null once everything was read). A CSV
     read stops at the same bound. Non-finite values are null in JSON and empty cells in CSV.
     """
-    job = jobs.get_job_or_raise(session, tenant=tenant, job_id=job_id)
-    points, next_since_step = metrics.read_points_page(
-        session, job_id=job.id, names=split_names(names), since_step=since_step, max_points=max_points,
-        limit=settings.max_metric_points_per_read)
+    page = jobs.read_job_metrics(session, tenant=tenant, job_id=job_id, names=split_names(names),
+                                 since_step=since_step, max_points=max_points, settings=settings)
     if format == "csv":
-        return Response(metrics.points_csv(points), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{job.id}-metrics.csv"'})
-    last = max((p.step for p in points), default=since_step or 0)
-    return MetricsPage(job_id=job.id, status=job.status, last_step=last, points=points,  # type: ignore[arg-type]
-                       next_since_step=next_since_step)
+        return Response(metrics.points_csv(page.points), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{page.job_id}-metrics.csv"'})
+    return page
 
 
 @router.get("/jobs/{job_id}/metrics/stream", name="stream_metrics", response_class=StreamingResponse,
             responses={200: {"description": _SSE_DESCRIPTION,
-                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                             "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
                        **error_responses(404, 429)})
 def stream_metrics(request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep, job_id: str,
                    names: Names = None, since_step: SinceStep = None) -> StreamingResponse:

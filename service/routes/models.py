@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path, Query, Response
 
 from service import export, registry, signature
 from service.jobs import get_job_or_raise
-from service.routes.deps import SessionDep, SettingsDep, TenantDep, error_responses
+from service.routes.deps import SessionDep, SettingsDep, TenantDep, error_responses, linked
 from service.schemas import (
     ALIAS_PATTERN,
     MODEL_NAME_PATTERN,
@@ -40,7 +40,9 @@ def _download(raw: bytes, filename: str) -> Response:
 
 
 @router.post("/models", status_code=201, response_model=ModelVersionRead, name="register_model",
-             responses=error_responses(404, 409))
+             responses={**linked(201, "the new version", GetModel=("get_model", {"name": "model"}),
+                                 GetModelVersion=("get_model_version", {"name": "model", "version": "version"})),
+                        **error_responses(404, 409)})
 def register_model(session: SessionDep, tenant: TenantDep, body: ModelCreate) -> ModelVersionRead:
     """Register the job's checkpoint (`best`, `latest` or an id, pinned now) as the next version of `name`."""
     return registry.register_version(session, tenant=tenant, name=body.name, job_id=body.job_id,

@@ -7,14 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from service import sweeps
-from service.routes.deps import SessionDep, SettingsDep, TenantDep, error_responses
+from service.routes.deps import SessionDep, SettingsDep, TenantDep, error_responses, linked
 from service.schemas import SweepCreate, SweepPage, SweepRead
 
 router = APIRouter(tags=["sweeps"])
 
 
 @router.post("/sweeps", status_code=201, response_model=SweepRead, name="create_sweep",
-             responses=error_responses(400, 413, 429))
+             responses={**linked(201, "the sweep, its first trials queued", GetSweep=("get_sweep", {"sweep_id": "id"}),
+                                 CancelSweep=("cancel_sweep", {"sweep_id": "id"})),
+                        **error_responses(400, 413, 429)})
 def create_sweep(session: SessionDep, tenant: TenantDep, settings: SettingsDep, body: SweepCreate) -> SweepRead:
     """Start a sweep: the space (each key a JSON path into `spec`) and its extreme values are checked first
     (422 at `space["KEY"]`), then the first `search.parallel` trials are submitted as jobs."""
