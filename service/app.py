@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from contextlib import asynccontextmanager
 
@@ -112,7 +112,7 @@ def _document_undecodable_bodies(document: dict[str, Any]) -> None:
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
 
 
-def document_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
+def document_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
     """Adds request bodies a route reads itself (so FastAPI never sees them) to the document's components."""
     build = app.openapi
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -16,12 +15,13 @@ from sqlalchemy.orm import Session
 from service.datainfo import DataInfo, DataSpecError, describe_data
 from service.datasets import get_dataset_or_raise
 from service.errors import JobNotFound, QuotaExceeded, SpecError, StateConflict, validation_items
-from service.metrics import finite_or_none
+from service.metrics import finite_or_none, read_points_page
 from service.models import FINISHED_STATUSES, Checkpoint, Job, Submission, utcnow
 from service.nets import Issue, Limits, SpecReport, check_spec
+from service.pagination import newest_first_page
 from service.queue import queue_for_device
 from service.registry import versions_of_job
-from service.schemas import BestCheckpoint, JobPage, JobRead, Progress, TrialRef
+from service.schemas import BestCheckpoint, JobPage, JobRead, MetricsPage, Progress, TrialRef
 from service.settings import Settings, get_settings
 from service.spec import JobSpec
 from service.tabular import DatasetDescription
@@ -172,18 +172,6 @@ def get_job_or_raise(session: Session, *, tenant: str, job_id: str) -> Job:
     return job
 
 
-def _encode_cursor(created_at: datetime, job_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{job_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), job_id
-    except Exception as exc:
-        raise SpecError("invalid cursor", [{"loc": "cursor", "msg": "not a cursor this API returned"}]) from exc
-
-
 def list_jobs(session: Session, *, tenant: str, status: str | None, limit: int, cursor: str | None,
               settings: Settings, sweep_id: str | None = None) -> JobPage:
     query = select(Job).where(Job.tenant == tenant)
@@ -191,17 +179,13 @@ def list_jobs(session: Session, *, tenant: str, status: str | None, limit: int, 
         query = query.where(Job.status == status)
     if sweep_id:
         query = query.where(Job.sweep_id == sweep_id)
-    if cursor:
-        created, job_id = _decode_cursor(cursor)
-        query = query.where((Job.created_at < created) | ((Job.created_at == created) & (Job.id < job_id)))
-    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    next_cursor = _encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    page = rows[:limit]
+    page, next_cursor = newest_first_page(session, query, Job, limit=limit, cursor=cursor)
     view = QueueView.read(session, settings=settings) if any(job.status == "queued" for job in page) else None
     return JobPage(items=[job_read(session, job, full=False, view=view) for job in page], next_cursor=next_cursor)
 
 
 def cancel_job(session: Session, *, tenant: str, job_id: str) -> Job:
+    """A queued job is cancelled at once, a running one is asked to stop (within cancel_poll_seconds)."""
     job = get_job_or_raise(session, tenant=tenant, job_id=job_id)
     if job.status in FINISHED_STATUSES:
         raise StateConflict(f"job {job_id} is already {job.status}")
@@ -212,6 +196,24 @@ def cancel_job(session: Session, *, tenant: str, job_id: str) -> Job:
         job.finished_at = utcnow()
     log.info("job.cancel_requested job_id=%s status=%s", job_id, job.status)
     return job
+
+
+def cancel_and_read_job(session: Session, *, tenant: str, job_id: str, settings: Settings) -> JobRead:
+    """POST /jobs/{id}/cancel: cancel_job, committed before the answer (the client's next read sees it)."""
+    job = cancel_job(session, tenant=tenant, job_id=job_id)
+    session.commit()
+    return job_read(session, job, settings=settings)
+
+
+def read_job_metrics(session: Session, *, tenant: str, job_id: str, names: list[str] | None,
+                     since_step: int | None, max_points: int | None, settings: Settings) -> MetricsPage:
+    """GET /jobs/{id}/metrics: one bounded page of the job's points (see metrics.read_points_page)."""
+    job = get_job_or_raise(session, tenant=tenant, job_id=job_id)
+    points, next_since_step = read_points_page(session, job_id=job.id, names=names, since_step=since_step,
+                                               max_points=max_points, limit=settings.max_metric_points_per_read)
+    last = max((p.step for p in points), default=since_step or 0)
+    return MetricsPage(job_id=job.id, status=job.status, last_step=last,  # type: ignore[arg-type]
+                       points=points, next_since_step=next_since_step)
 
 
 def delete_job(session: Session, *, tenant: str, job_id: str) -> None:
@@ -334,5 +336,5 @@ def mark_enqueued(session: Session, *, job_id: str) -> None:
 
 __all__ = [
     "Analysis", "Issue", "analyse_spec", "validate_payload", "submit_job", "get_job_or_raise", "list_jobs",
-    "cancel_job", "delete_job", "job_read", "job_progress", "reap_expired_leases",
+    "cancel_job", "cancel_and_read_job", "read_job_metrics", "delete_job", "job_read", "job_progress", "reap_expired_leases",
 ]

@@ -7,13 +7,11 @@ registered checkpoint, and a job with registered versions cannot be deleted (ser
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -22,6 +20,7 @@ from sqlalchemy.orm import Session
 from service.checkpoints import resolve_checkpoint_id
 from service.errors import NotFound, SpecError, StateConflict
 from service.models import ModelAlias, ModelVersion, RegisteredModel
+from service.pagination import newest_first_page
 from service.schemas import (
     ALIAS_PATTERN,
     MODEL_NAME_PATTERN,
@@ -145,29 +144,10 @@ def get_version_read(session: Session, *, tenant: str, name: str, version: int) 
     return version_read(name, row, _aliases(session, row.model_id))
 
 
-def _encode_cursor(created_at: datetime, model_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{model_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, model_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), model_id
-    except Exception as exc:
-        raise SpecError("invalid cursor", [{"loc": "cursor", "msg": "not a cursor this API returned"}]) from exc
-
-
 def list_models(session: Session, *, tenant: str, limit: int, cursor: str | None) -> ModelPage:
     """Newest first, cursor-paged like GET /jobs."""
     query = select(RegisteredModel).where(RegisteredModel.tenant == tenant)
-    if cursor:
-        created, model_id = _decode_cursor(cursor)
-        query = query.where((RegisteredModel.created_at < created)
-                            | ((RegisteredModel.created_at == created) & (RegisteredModel.id < model_id)))
-    rows = list(session.scalars(query.order_by(RegisteredModel.created_at.desc(), RegisteredModel.id.desc())
-                                .limit(limit + 1)))
-    next_cursor = _encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    page = rows[:limit]
+    page, next_cursor = newest_first_page(session, query, RegisteredModel, limit=limit, cursor=cursor)
     latest = dict(session.execute(
         select(ModelVersion.model_id, func.max(ModelVersion.version))
         .where(ModelVersion.model_id.in_([m.id for m in page])).group_by(ModelVersion.model_id)).all())
