@@ -193,15 +193,6 @@ def run_model(loaded: LoadedModel, x: torch.Tensor) -> dict[str, Any]:
     return {"predictions": out.reshape(out.shape[0], -1).tolist()}
 
 
-# The route reads its body and Authorization header itself (FastAPI's handling of a declared header alone cost 8 %
-# of a one-row prediction), so it documents them with this: the same schema and header a declared body would give.
-PREDICT_OPENAPI: dict[str, Any] = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}},
-    "parameters": [{"name": "authorization", "in": "header", "required": False,
-                    "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Authorization"}}],
-}
-
-
 async def predict(raw: bytes, *, authorization: str | None, cache: ModelCache,
                   settings: Settings) -> tuple[str, bool]:
     """POST /predict: the JSON answer (PredictResponse, None fields left out) and whether the model was cached.
