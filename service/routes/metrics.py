@@ -25,7 +25,8 @@ _SSE_DESCRIPTION = ("Server-sent events: `points` (a list of MetricPointRead), `
                     "and say when the database is briefly unavailable (the stream waits it out). At most "
                     "TRAINSERVE_MAX_STREAMS_PER_TENANT streams are open at once per tenant (429 past it).")
 
-# One event, as OpenAPI before 3.2 reads a stream's `schema`: its name and its JSON-encoded data.
+# One event: its name and its JSON-encoded data. OpenAPI 3.2's `itemSchema` (one event), with no `schema`: a
+# generator reading `schema` would otherwise parse the whole stream as one such object.
 _SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
     "event": {"type": "string", "enum": ["points", "status", "end", "error"]},
     "data": {"type": "string", "contentMediaType": "application/json", "description": "the event's JSON"},
@@ -55,7 +56,7 @@ def get_metrics(session: SessionDep, tenant: TenantDep, settings: SettingsDep, j
 
 @router.get("/jobs/{job_id}/metrics/stream", name="stream_metrics", response_class=StreamingResponse,
             responses={200: {"description": _SSE_DESCRIPTION,
-                             "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
+                             "content": {"text/event-stream": {"itemSchema": _SSE_EVENT}}},
                        **error_responses(404, 429)})
 def stream_metrics(request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep, job_id: str,
                    names: Names = None, since_step: SinceStep = None) -> StreamingResponse:
