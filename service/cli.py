@@ -79,6 +79,8 @@ def ensure_default_key(settings: Settings) -> Path:
 
 def database_ready(settings: Settings) -> bool:
     """False, having said what to run, when the database is not at the latest migration."""
+    from sqlalchemy.exc import OperationalError
+
     from service.migrate import DatabaseBehind, check_at_head
 
     try:
@@ -86,6 +88,10 @@ def database_ready(settings: Settings) -> bool:
     except DatabaseBehind as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return False
+    except OperationalError as exc:
+        # Unreachable, not behind: start anyway, as a database that is briefly down must not keep the service
+        # down; /readyz says 503 until it answers (and requests get 503 with Retry-After).
+        log.warning("start.database_unreachable error=%s: starting; /readyz reports it", exc.__class__.__name__)
     return True
 
 

@@ -356,6 +356,10 @@ class ApiOnly:
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "TRAINSERVE_HOME": str(home), "TRAINSERVE_PORT": str(port),
                "TRAINSERVE_HOST": "127.0.0.1", **env_extra}
+        # Migrated first where the database answers, as `up` and the compose file's migrate service do (the API
+        # refuses a database behind the migrations; an unreachable one it starts without, for /readyz to report).
+        subprocess.run([sys.executable, "-m", "service.cli", "migrate"], cwd=ROOT, env=env, capture_output=True,
+                       timeout=120, check=False)
         self._log = open(home / "api.log", "wb")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "api"], cwd=ROOT, env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
