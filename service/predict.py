@@ -242,13 +242,6 @@ def check_output_size(*, rows: int, outputs_per_row: int, max_values: int) -> No
         }])
 
 
-async def _by_job(request: PredictRequest, *, tenant: str, settings: Settings) -> PredictRequest:
-    """A body naming a model ("name@alias") or sending records, as the (job_id, checkpoint, inputs) it means."""
-    if request.model is None and request.records is None and request.job_id is not None and request.inputs is not None:
-        return request  # the common body: nothing to resolve
-    return await resolve_predict_request(request, tenant=tenant, ttl=settings.predict_cache_seconds)
-
-
 def _hot_answer(request: PredictRequest, hot: tuple[str, LoadedModel], settings: Settings) -> tuple[str, bool]:
     """The answer from a hot model, from memory alone."""
     started = time.perf_counter()
