@@ -38,11 +38,11 @@ COPY migrations ./migrations
 RUN /opt/venv/bin/pip install --no-deps . \
  && find /opt/venv -name "__pycache__" -type d -prune -exec rm -rf {} +
 # A missing runtime dependency fails the build here, not the first export or sweep in production. The modules:
-# the API's factory (uvicorn runs service.app:create_app), the worker's Celery app and training loop, export
+# the API's factory (uvicorn runs service.app:create_app), the worker's Celery app, task bodies and loop, export
 # and sweeps with the libraries they load lazily. Run outside /src so the installed package is the one imported.
 WORKDIR /
 RUN /opt/venv/bin/python -c "import service.app, service.cli, service.export, service.sweeps, \
-worker.celery_app, worker.engine, onnx, optuna, sklearn"
+worker.celery_app, worker.tasks, worker.engine, onnx, optuna, sklearn"
 
 # --- runtime: no compilers, no build files, a non-root user ------------------------------------------------
 FROM base AS runtime

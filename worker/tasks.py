@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from celery import shared_task
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -30,7 +31,6 @@ from service.logs import current_job_id
 from service.spec import JobSpec
 from service.tabular import Table
 from worker import sweep_hooks
-from worker.celery_app import get_celery
 from worker.observability import BUSY, JOB_SECONDS, JOBS, SAMPLES_PER_SECOND
 from worker.warmstart import WarmStart
 from worker.recorder import BackgroundWriter, JobRecorder, LeaseLost, owned_job, write_until_done
@@ -312,7 +312,9 @@ def _prepare_resume(job_id: str, owner: str) -> tuple[tuple[bytes, bytes] | None
     return write_until_done(read, what="resume")
 
 
-@get_celery().task(name=TRAIN_JOB, acks_late=True, ignore_result=True, bind=True)
+# A shared task: it joins the workers' Celery app when that app is built (worker.celery_app includes this
+# module), so importing the task bodies builds no app and touches no broker.
+@shared_task(name=TRAIN_JOB, acks_late=True, ignore_result=True, bind=True)
 def train_job(self: Any, job_id: str) -> str | None:
     status = run_training(job_id, settings=get_settings(), worker_name=self.request.hostname)
     sweep_hooks.after_job(job_id, status, settings=get_settings())  # a sweep's trial: ask for the next
