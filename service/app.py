@@ -27,6 +27,7 @@ from service.routes import ROUTERS
 from service.routes.deps import ERROR_DESCRIPTIONS
 from service.routes import predict as predict_route
 from service.routes.health import STATIC_DIR
+from service import db
 from service.streams import StreamSlots
 from service.settings import Settings, get_settings
 
@@ -132,6 +133,7 @@ def document_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API for these settings (the environment's when None); the only place an app is built."""
     settings = settings or get_settings()
+    db.configure(settings)  # one process, one database: this app's
     app = FastAPI(title="trainserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   generate_unique_id_function=operation_id)
     app.state.settings = settings

@@ -59,9 +59,31 @@ def make_engine(settings: Settings) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
+_configured: Settings | None = None
+
+
+def configure(settings: Settings) -> None:
+    """Point this process's engine and sessions at `settings.database_url` (create_app calls it with its
+    settings); until then they follow the environment's settings."""
+    global _configured
+    if _configured is not None and _configured.database_url == settings.database_url:
+        return
+    _configured = settings
+    for cached in (get_engine, get_sessionmaker, get_read_sessionmaker):
+        cached.cache_clear()
+
+
+def reset() -> None:
+    """Forget the configured database and every engine and session factory built (tests switching databases)."""
+    global _configured
+    _configured = None
+    for cached in (get_engine, get_sessionmaker, get_read_sessionmaker):
+        cached.cache_clear()
+
+
 @lru_cache
 def get_engine() -> Engine:
-    return make_engine(get_settings())
+    return make_engine(_configured or get_settings())
 
 
 @lru_cache

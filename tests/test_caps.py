@@ -113,16 +113,13 @@ def test_the_api_key_file_is_never_readable_by_others(tmp_path: Path, monkeypatc
     sys.addaudithook(hook)
     settings = Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path / 'keys.db'}")
     migrate_to_head(settings.database_url)
-    monkeypatch.setattr(db, "get_settings", lambda: settings)
-    db.get_engine.cache_clear()
-    db.get_sessionmaker.cache_clear()
+    db.configure(settings)
     old_umask = os.umask(0o022)
     try:
         ensure_default_key(settings)
     finally:
         os.umask(old_umask)
-        db.get_engine.cache_clear()
-        db.get_sessionmaker.cache_clear()
+        db.reset()
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert key_path.read_text().startswith("ts_")
     assert modes_before_chmod and all(mode & 0o077 == 0 for mode in modes_before_chmod), modes_before_chmod

@@ -45,9 +45,7 @@ def _clear_caches() -> None:
     from service import settings as settings_module
 
     settings_module.get_settings.cache_clear()
-    db.get_engine.cache_clear()
-    db.get_sessionmaker.cache_clear()
-    db.get_read_sessionmaker.cache_clear()
+    db.reset()
     queue.reset_producers()
 
 
