@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("train_loop", "predict", "queue", "metrics_store", "e2e", "memory", "sweep")
+BENCHMARKS = ("train_loop", "predict", "queue", "metrics_store", "e2e", "memory", "sweep", "cancel")
 
 
 def main(argv: list[str] | None = None) -> int:
