@@ -23,7 +23,7 @@ browser:
 	bash scripts/install-browser.sh
 
 test: $(STAMP) browser
-	$(BIN)/pytest -q -ra -n 2 --dist loadfile
+	$(BIN)/pytest -q -ra -n 2 --dist loadfile --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -ra -m "not postgres" --deselect tests/test_dashboard.py

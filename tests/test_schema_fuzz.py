@@ -83,7 +83,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget
 
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-MAX_EXAMPLES = 12  # per operation and generation mode: about 750 requests in all
+MAX_EXAMPLES = 8  # per operation and generation mode: about 500 requests in all
 
 
 def fuzz_operation(target: FuzzTarget, operation: schemathesis.APIOperation, mode: GenerationMode, *,
