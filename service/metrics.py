@@ -98,11 +98,12 @@ def _sqlite_value(value: float) -> float | str:
 def drop_points_after(session: Session, *, job_id: str, step: int) -> None:
     # A resumed run recomputes everything after its checkpoint: replace those points, never duplicate them.
     session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step))
-    _recount_series(session, job_id)
+    recount_series(session, job_id=job_id)
 
 
-def _recount_series(session: Session, job_id: str) -> None:
-    """MetricSeries rebuilt from the points themselves (after a resume dropped some: rare, so a scan is fine)."""
+def recount_series(session: Session, *, job_id: str) -> None:
+    """MetricSeries rebuilt from the points themselves (after a resume dropped some, or points loaded by other
+    means than record_points: rare, so a scan is fine)."""
     session.execute(delete(MetricSeries).where(MetricSeries.job_id == job_id))
     counts = session.execute(select(MetricPoint.name, func.count(), func.min(MetricPoint.step),
                                     func.max(MetricPoint.step))
@@ -188,7 +189,8 @@ def _known_series(session: Session, job_id: str, names: list[str] | None,
     query = select(MetricSeries).where(MetricSeries.job_id == job_id).order_by(MetricSeries.name)
     if names:
         query = query.where(MetricSeries.name.in_(names))
-    return list(session.scalars(query))
+    # None where nothing was counted (no points yet, or points not written by record_points): count them.
+    return list(session.scalars(query)) or None
 
 
 def _read_downsampled(session: Session, where: list[ColumnElement[bool]], max_points: int,
