@@ -10,7 +10,9 @@ from contextlib import closing
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, delete, func, select
+from sqlalchemy import Connection, Select, and_, bindparam, case, delete, func, null, or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -38,20 +40,32 @@ def record_points(session: Session, *, job_id: str, points: Sequence[dict[str, A
 
 
 def _count_series(session: Session, job_id: str, points: Sequence[dict[str, Any]]) -> None:
-    """Keep each series' count, step range and stride (MetricSeries) in step with the points just written."""
+    """Keep each series' count, step range and stride (MetricSeries) in step with the points just written: one
+    upsert for the whole batch, no read (the batch's own stride is worked out here, the join with what is stored
+    in the database)."""
     steps_by_name: dict[str, list[int]] = {}
     for p in points:
         steps_by_name.setdefault(p["name"], []).append(p["step"])
+    rows = []
     for name, steps in steps_by_name.items():
         steps.sort()
-        row = session.get(MetricSeries, (job_id, name))
-        if row is None:
-            session.add(MetricSeries(job_id=job_id, name=name, count=len(steps), first_step=steps[0],
-                                     last_step=steps[-1], stride=_stride([steps[0]], 0, steps[1:])))
-            continue
-        row.stride = _stride([row.last_step], row.stride, steps)
-        row.count += len(steps)
-        row.last_step, row.first_step = max(row.last_step, steps[-1]), min(row.first_step, steps[0])
+        rows.append({"job_id": job_id, "name": name, "count": len(steps), "first_step": steps[0],
+                     "last_step": steps[-1], "stride": _stride([steps[0]], 0, steps[1:])})
+    table = MetricSeries.__table__
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(MetricSeries).values(rows)
+    new, old = statement.excluded, table.c
+    gap = new.first_step - old.last_step  # from the last stored step to the batch's first
+    stride = case(
+        (or_(old.stride.is_(None), new.stride.is_(None), gap <= 0), null()),
+        (and_(or_(old.stride == 0, old.stride == gap), or_(new.stride == 0, new.stride == gap)), gap),
+        else_=null())
+    session.execute(statement.on_conflict_do_update(index_elements=[old.job_id, old.name], set_={
+        "count": old.count + new.count,
+        "first_step": case((new.first_step < old.first_step, new.first_step), else_=old.first_step),
+        "last_step": case((new.last_step > old.last_step, new.last_step), else_=old.last_step),
+        "stride": stride,
+    }))
 
 
 def _stride(before: list[int], stride: int | None, steps: list[int]) -> int | None:
