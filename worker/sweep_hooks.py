@@ -14,7 +14,7 @@ from service.db import with_retry
 from service.models import FINISHED_STATUSES, Job
 from service.settings import Settings
 from worker.engine import Point
-from worker.recorder import BackgroundWriter
+from worker.recorder import BackgroundWriter, write_until_done
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ class PruneWatch:
         # next step however fast it trains; only sweep trials with a pruner wait for this read.
         self.writer.flush()
         for epoch in epochs:
-            if with_retry(partial(sweeps.should_prune, job_id=self.job_id, epoch=epoch)):
+            decide = partial(sweeps.should_prune, job_id=self.job_id, epoch=epoch)
+            if write_until_done(lambda session, _retry: decide(session), what="pruning decision"):
                 self.pruned = True
                 self.stop()
                 return
@@ -48,7 +49,7 @@ class PruneWatch:
 def watch_pruning(job_id: str, on_points: OnPoints, *, writer: BackgroundWriter,
                   stop: Callable[[], None]) -> OnPoints:
     """on_points itself, or wrapped in a PruneWatch when the job is a trial of a sweep with a pruner."""
-    if with_retry(lambda s: sweeps.pruning_metric(s, job_id=job_id)) is None:
+    if write_until_done(lambda s, _retry: sweeps.pruning_metric(s, job_id=job_id), what="pruner") is None:
         return on_points
     return PruneWatch(job_id=job_id, on_points=on_points, writer=writer, stop=stop)
 

@@ -20,7 +20,6 @@ from torch import nn
 
 from service.checkpoint_format import read_state, read_weights, weights_metadata
 from service.checkpoints import sha256
-from service.db import with_retry
 from service.models import Checkpoint, Job
 from service.schemas import WarmStartReport
 from service.spec import JobSpec
@@ -28,6 +27,7 @@ from service.tabular import Table
 from service.warmstart import tensor_path
 from worker.data import TrainData, load_data
 from worker.engine.state import _optimizer_state_dict
+from worker.recorder import write_until_done
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ class WarmStart:
     def prepare(cls, job_id: str, spec: JobSpec, *, resume: tuple[bytes, bytes] | None) -> WarmStart:
         if spec.init_from is None:
             return cls()
-        return with_retry(lambda session: _read_source(session, job_id, spec, resume=resume))
+        # However long the database is away: an outage never fails a job.
+        return write_until_done(lambda session, _retry: _read_source(session, job_id, spec, resume=resume),
+                                what="warm start")
 
     def load_data(self, spec: JobSpec, *, dataset_loader: Callable[[str], Table]) -> TrainData:
         """The job's data, normalized with the source's statistics (or left raw when the source trained raw)."""

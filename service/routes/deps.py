@@ -46,7 +46,9 @@ def get_tenant(request: Request, _: Annotated[HTTPAuthorizationCredentials | Non
     return str(tenant)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the transaction commits when the route returns, before the answer is sent, so a client
+# never reads back the state from before its own write (and a failed commit is an error, not a sent 2xx).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 
