@@ -511,6 +511,28 @@ def test_a_moving_clock_reads_and_reports_mid_epoch() -> None:
     assert {p.name for p in batches[-1]} == {"epoch_time_s", "samples_per_s"}
 
 
+def test_points_every_epoch_hands_over_each_epoch_before_the_next_trains() -> None:
+    # A sweep's pruner decides at each epoch end from the epoch's points, so they must leave then even when the
+    # throttle would hold them (frozen clock, no checkpoint due): one batch per epoch, in order, nothing held.
+    spec = make_spec(training={"epochs": 4, "batch_size": 8, "checkpoint": {"every_epochs": 10}})
+    held: list[list[Point]] = []
+    fit(mlp(0, 4, 8, 1), spec, regression_data(n_val=8), on_points=held.append, clock=frozen_clock)
+    assert len(held) < 4  # without the option the throttle holds several epochs in one hand-over
+    batches: list[list[Point]] = []
+    stop_after: list[int] = []
+
+    def on_points(points: list[Point]) -> None:
+        batches.append(points)
+        stop_after.extend(p.epoch for p in points if p.name == "epoch_time_s" and p.epoch == 2)
+
+    result = fit(mlp(0, 4, 8, 1), spec, regression_data(n_val=8), on_points=on_points, clock=frozen_clock,
+                 should_stop=lambda: bool(stop_after), points_every_epoch=True)
+    assert [sorted({p.epoch for p in b}) for b in batches[:2]] == [[1], [2]]
+    assert {"val_loss", "epoch_time_s"} <= {p.name for p in batches[0]}
+    # Told to stop when epoch 2's points arrived: epoch 3 never trained a step.
+    assert (result.status, result.steps, result.epochs) == ("cancelled", 2 * 4, 2)  # 32 rows / batches of 8
+
+
 # --- what gets reported ---------------------------------------------------------------------------------
 
 

@@ -270,7 +270,8 @@ def _train(claim: Claim, *, owner: str, heartbeat: Heartbeat, writer: Background
     on_points = sweep_hooks.watch_pruning(job_id, recorder.points, writer=writer, stop=lambda: heartbeat._stop("pruned"))
     return fit(model, spec, data, device=resolve_device(spec.training.device),
                on_points=on_points, on_checkpoint=recorder.checkpoint, on_progress=recorder.progress,
-               should_stop=heartbeat.stop_training.is_set, resume=resume, init_optimizer=warm.init_optimizer)
+               should_stop=heartbeat.stop_training.is_set, resume=resume, init_optimizer=warm.init_optimizer,
+               points_every_epoch=isinstance(on_points, sweep_hooks.PruneWatch))  # it decides at each epoch end
 
 
 def _conclude(result: FitResult, *, job_id: str, owner: str, reason: str | None, settings: Settings) -> str:

@@ -68,9 +68,10 @@ def get_sweep_or_raise(session: Session, *, tenant: str, sweep_id: str) -> Sweep
 def sweep_read(session: Session, sweep: Sweep, *, full: bool = True) -> SweepRead:
     stored = load_trials(session, sweep)
     mode = sweep.objective["mode"]
-    epochs = dict(session.execute(select(Job.id, Job.epoch).where(Job.sweep_id == sweep.id)).tuples().all())
+    # Epochs done: the last epoch whose end reported the objective (a trial stopped early in an epoch it had
+    # just begun, as a pruned one is, did not do that epoch).
     trials = [SweepTrial(number=t.number, job_id=t.job_id, params=t.params, status=t.status,  # type: ignore[arg-type]
-                         value=t.value(mode), epochs=int(epochs.get(t.job_id, 0))) for t in stored]
+                         value=t.value(mode), epochs=max(t.epochs, default=0)) for t in stored]
     best = _best(stored, mode)
     return SweepRead(
         id=sweep.id, name=sweep.name, status=sweep.status, created_at=sweep.created_at,  # type: ignore[arg-type]

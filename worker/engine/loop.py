@@ -56,6 +56,7 @@ class Callbacks:
     on_checkpoint: Callable[[CheckpointBlob], None] = _ignore_checkpoint
     on_progress: Callable[[Progress], None] | None = None
     should_stop: Callable[[], bool] = _never
+    points_every_epoch: bool = False  # hand over each epoch's points at its end, however short the epoch
 
 
 def fit(
@@ -71,6 +72,7 @@ def fit(
     resume: tuple[bytes, bytes] | None = None,
     clock: Clock = time.monotonic,
     init_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
+    points_every_epoch: bool = False,
 ) -> FitResult:
     """Train ``model`` as ``spec`` says on ``data``; report points, checkpoints and progress via the callbacks.
 
@@ -79,14 +81,16 @@ def fit(
     the loss stops being finite. ``clock`` drives the reporting throttles and the time-based checkpoint cadence
     (never the measured metrics), so a test can hold it still. Small CPU models train on one thread (the caller's
     setting is restored). ``init_optimizer`` gets the built optimizer of a fresh (not resumed) run before the
-    first step: a warm start carries a source's optimizer state in with it.
+    first step: a warm start carries a source's optimizer state in with it. ``points_every_epoch`` hands each
+    epoch's points to ``on_points`` at its end (otherwise points leave at most once a second, so many short epochs
+    share one write): a sweep's pruner decides at every epoch end, before the next epoch trains.
     """
     previous = torch.get_num_threads()
     if torch.device(device).type == "cpu":
         torch.set_num_threads(cpu_threads_for(model, spec.training.batch_size))
     try:
         run = _Run(model, spec, data, device=torch.device(device), callbacks=Callbacks(
-            on_points, on_checkpoint, on_progress, should_stop), clock=clock)
+            on_points, on_checkpoint, on_progress, should_stop, points_every_epoch), clock=clock)
         if resume is not None and (finished := run.restore(*resume)) is not None:
             return finished
         if resume is None and init_optimizer is not None:
@@ -247,7 +251,7 @@ class _Run:
         self.best.offer(self.model, metrics.get(self.ckpt_monitor), epoch=epoch, step=self.step, metrics=metrics,
                         checkpointed_now=checkpoint_now)
         # Points up to a checkpoint are stored before it, so a resume from it loses none.
-        self.points.send(self._progress(), force=checkpoint_now)
+        self.points.send(self._progress(), force=checkpoint_now or self.cb.points_every_epoch)
         if checkpoint_now:
             self._checkpoint(last)
         return last
