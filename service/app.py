@@ -30,6 +30,10 @@ from service.routes.health import STATIC_DIR
 from service import db
 from service.streams import StreamSlots
 from service.settings import Settings, get_settings
+from service.workers import RecentQueueView
+
+# How old the queue view behind a new job's waiting reason may be (POST /jobs answers without reading it).
+QUEUE_VIEW_MAX_AGE_SECONDS = 2.0
 
 DESCRIPTION = """Train PyTorch networks described as JSON, follow their metrics, and serve predictions.
 
@@ -139,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.model_cache = ModelCache(settings.model_cache_size)
     app.state.stream_slots = StreamSlots()
+    app.state.queue_view = RecentQueueView(max_age=QUEUE_VIEW_MAX_AGE_SECONDS)
     install_error_handlers(app)
     # Added innermost first: telemetry sees every answer (401s and 413s included); the key is checked before
     # the body is read, so a request without one is refused before it can send megabytes.

@@ -17,7 +17,7 @@ from service.models import utcnow
 from service.schemas import JobRead
 from service.settings import Settings
 from service.spec import JobSpec
-from service.workers import unclaimed_jobs
+from service.workers import RecentQueueView, unclaimed_jobs
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,14 @@ def send_job(job_id: str, *, queue: str, settings: Settings | None = None) -> bo
 
 
 def submit_and_send(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: str | None,
-                    settings: Settings) -> tuple[JobRead, bool]:
+                    settings: Settings, queue_view: RecentQueueView | None = None) -> tuple[JobRead, bool]:
     """POST /jobs: store the job, commit, then send it (enqueue after commit, so no worker can see an
     uncommitted job). Returns the job and whether it is new (False: an idempotent replay).
 
     The job is stored as sent (enqueued_at) in its own insert, so a send that works costs no second write
     before the worker can claim it; a send the broker refuses clears the mark and the reaper sends it later. (If
-    the API dies between the commit and the send, the reaper's unclaimed-job rule sends it after a lease.)"""
+    the API dies between the commit and the send, the reaper's unclaimed-job rule sends it after a lease.)
+    The answer's waiting reason comes from `queue_view` (a recent view, no read) when given."""
     job, created = jobs.submit_job(session, tenant=tenant, spec=spec, idempotency_key=idempotency_key,
                                    settings=settings)
     if created:
@@ -53,7 +54,8 @@ def submit_and_send(session: Session, *, tenant: str, spec: JobSpec, idempotency
             log.warning("job.enqueue_failed job_id=%s error=%s", job.id, exc)
             job.enqueued_at = None
             session.commit()
-    return jobs.job_read(session, job, settings=settings), created
+    view = queue_view.get(session, settings=settings) if queue_view is not None and job.status == "queued" else None
+    return jobs.job_read(session, job, view=view, settings=settings), created
 
 
 class Reaper:
@@ -90,6 +92,7 @@ class Reaper:
             # A job just put back by the lease check is also "unsent" until send_job marks it: send it once.
             to_send.update(with_retry(lambda s: jobs.reap_expired_leases(s, settings=settings)))
         to_send.update(with_retry(lambda s: unclaimed_jobs(s, settings=settings)))
+        with_retry(jobs.forget_old_submissions)
         for job_id in to_send:
             log.info("job.resend job_id=%s", job_id)
         sent = sum(send_job(job_id, queue=queue, settings=settings) for job_id, queue in to_send.items())

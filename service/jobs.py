@@ -95,22 +95,29 @@ def _lock_tenant_quota(session: Session, *, tenant: str) -> None:
 
 
 def _enforce_quotas(session: Session, *, tenant: str, settings: Settings) -> None:
+    """Both per-tenant limits from one read (after the lock): the jobs queued or running, and the submissions of
+    the last minute (older submission rows are only history; the reaper deletes them)."""
     _lock_tenant_quota(session, tenant=tenant)
-    active = session.scalar(
-        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(("queued", "running")))
-    ) or 0
+    active_jobs = select(func.count()).select_from(Job).where(Job.tenant == tenant,
+                                                              Job.status.in_(("queued", "running")))
+    recent_submissions = select(func.count()).select_from(Submission).where(
+        Submission.tenant == tenant, Submission.created_at >= utcnow() - QUOTA_WINDOW)
+    active, recent = session.execute(select(active_jobs.scalar_subquery(),
+                                            recent_submissions.scalar_subquery())).one()
     if active >= settings.max_running_jobs_per_tenant:
         raise QuotaExceeded(
             f"{active} jobs are queued or running, the limit is {settings.max_running_jobs_per_tenant}; "
             "wait for one to finish or cancel one", retry_after=10)
-    since = utcnow() - QUOTA_WINDOW
-    session.execute(delete(Submission).where(Submission.tenant == tenant, Submission.created_at < since))
-    recent = session.scalar(select(func.count()).select_from(Submission).where(
-        Submission.tenant == tenant, Submission.created_at >= since)) or 0
     if recent >= settings.max_submissions_per_minute:
         raise QuotaExceeded(
             f"{recent} jobs submitted in the last minute, the limit is {settings.max_submissions_per_minute}",
             retry_after=60)
+
+
+def forget_old_submissions(session: Session) -> int:
+    """The reaper's pass: submissions older than the quota window no longer count for anything."""
+    result = session.execute(delete(Submission).where(Submission.created_at < utcnow() - QUOTA_WINDOW))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def submit_job(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: str | None,

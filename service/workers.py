@@ -6,6 +6,7 @@ TRAINSERVE_LEASE_SECONDS belongs to a worker that died without saying so; it no 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -98,6 +99,23 @@ class QueueView:
         return (f"waiting for a free worker on the '{queue}' queue: {workers} live worker(s), "
                 f"{running} job(s) running there, {queued} queued")
 
+
+class RecentQueueView:
+    """A QueueView reused for up to `max_age` seconds, for an answer that should not pay a read for a hint:
+    POST /jobs says what a new job waits for from a view at most that old (GET /jobs/{id} reads afresh).
+    One per API process; a stale read is harmless (two threads may both refresh)."""
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self._view: tuple[float, QueueView] | None = None
+
+    def get(self, session: Session, *, settings: Settings) -> QueueView:
+        held, now = self._view, time.monotonic()
+        if held is not None and now - held[0] < self.max_age:
+            return held[1]
+        view = QueueView.read(session, settings=settings)
+        self._view = (now, view)
+        return view
 
 
 def idle_slots_by_queue(session: Session, *, settings: Settings) -> Counter[str]:

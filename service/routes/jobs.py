@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from service import compare, dispatch, jobs
 from service.routes.deps import SessionDep, SettingsDep, TenantDep, error_responses, linked, split_names
@@ -26,13 +26,13 @@ SpecBody = Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)]
                         200: {"model": JobRead, "description": "an idempotent replay: the job this "
                                                                "Idempotency-Key created before"},
                         **error_responses(400, 413, 429)})
-def create_job(session: SessionDep, tenant: TenantDep, settings: SettingsDep, spec: SpecBody, response: Response,
-               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobRead:
+def create_job(request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep, spec: SpecBody,
+               response: Response, idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobRead:
     """Submit a training job: the spec is checked statically (shapes, sizes, quotas) and the job queued.
 
     With an `Idempotency-Key` seen before, answers 200 with the job that key created, and submits nothing."""
     job, created = dispatch.submit_and_send(session, tenant=tenant, spec=spec, idempotency_key=idempotency_key,
-                                            settings=settings)
+                                            settings=settings, queue_view=request.app.state.queue_view)
     if not created:
         response.status_code = 200
     return job
