@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine
 from service.errors import JobNotFound, QuotaExceeded
-from service.jobs import cancel_job, delete_job, get_job_or_raise, list_jobs, submit_job
+from service.jobs import QUOTA_WINDOW, cancel_job, delete_job, forget_old_submissions, get_job_or_raise, list_jobs, \
+    submit_job
 from service.migrate import migrate_to_head
-from service.models import Job
+from service.models import Job, Submission, utcnow
 from service.settings import Settings
 from service.spec import SEED_EXAMPLE, JobSpec
 from tests.conftest import create_pg_database, drop_pg_database
@@ -63,6 +64,23 @@ def test_deleting_jobs_does_not_reset_the_per_minute_count(sessions: sessionmake
     with pytest.raises(QuotaExceeded, match="3 jobs submitted in the last minute, the limit is 3"):
         _submit(sessions, settings)
     _submit(sessions, settings, tenant="other")  # another tenant's count is its own
+
+
+def test_submissions_older_than_the_window_stop_counting_and_the_reaper_forgets_them(
+        sessions: sessionmaker[Session]) -> None:
+    settings = Settings(max_submissions_per_minute=2, max_running_jobs_per_tenant=100)
+    with sessions() as session:  # two submissions from just over a minute ago
+        old = utcnow() - QUOTA_WINDOW - (QUOTA_WINDOW / 60)
+        session.add_all([Submission(tenant="t", created_at=old), Submission(tenant="t", created_at=old)])
+        session.commit()
+    _submit(sessions, settings)
+    _submit(sessions, settings)  # the two old ones did not count
+    with pytest.raises(QuotaExceeded, match="2 jobs submitted in the last minute"):
+        _submit(sessions, settings)
+    with sessions() as session:
+        assert forget_old_submissions(session) == 2
+        session.commit()
+        assert session.scalar(select(func.count()).select_from(Submission)) == 2
 
 
 @pytest.mark.postgres
