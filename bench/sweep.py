@@ -4,7 +4,8 @@ trial against Optuna driving the same training in a plain script.
 On the embedded stack (SQLite + filesystem broker), with ``examples/digits_cnn.json`` and
 ``examples/digits_cnn_space.json`` (learning rate, first convolution's width, batch size):
 
-- ASHA: ``POST /sweeps`` with N random trials (seed 0), objective val_accuracy (max), pruner ``asha``;
+- ASHA: ``POST /sweeps`` with N random trials (seed 0), objective val_accuracy (max), pruner ``asha`` (reduction
+  factor 3), once per grace period ``min_epochs`` (1 and 3: how early the first cut may come);
 - full: the same sweep without a pruner. Random search proposes trial n from (seed, n) alone, so both sweeps
   train the same N configurations; the difference is only where ASHA stopped a trial;
 - Optuna in-process: a plain script, an Optuna study fed those same N configurations (``enqueue_trial``), each
@@ -45,11 +46,11 @@ REDIS_DB = 10  # unused on the embedded stack; named for symmetry with the other
 
 
 def sweep_body(spec: dict[str, Any], space: dict[str, Any], *, trials: int, parallel: int, seed: int,
-               pruner: str) -> dict[str, Any]:
+               pruner: str, min_epochs: int = 1) -> dict[str, Any]:
     return {"name": f"bench-sweep-{pruner}", "spec": spec, "space": space,
             "search": {"method": "random", "trials": trials, "parallel": parallel, "seed": seed},
             "objective": {"metric": OBJECTIVE, "mode": "max"},
-            "pruner": {"type": pruner, "min_epochs": 1, "reduction_factor": 3}}
+            "pruner": {"type": pruner, "min_epochs": min_epochs, "reduction_factor": 3}}
 
 
 def run_sweep(client: httpx.Client, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:
@@ -108,21 +109,26 @@ def suggest(trial: optuna.Trial, key: str, dist: BaseDistribution) -> Any:
     return trial.suggest_float(key, dist.low, dist.high, log=dist.log)
 
 
-def table_rows(asha: dict[str, Any], full: dict[str, Any], script: dict[str, Any]) -> list[Row]:
+def table_rows(ashas: dict[int, dict[str, Any]], full: dict[str, Any], script: dict[str, Any]) -> list[Row]:
     n = len(full["trials"])
-    best_asha, best_full = (s["best"]["value"] * 100 if s["best"] else None for s in (asha, full))
-    steps_asha, steps_full = (sum(t["steps"] for t in s["trials"]) for s in (asha, full))
-    pruned = sum(t["status"] == "pruned" for t in asha["trials"])
-    per_trial = {name: s["wall_s"] / n for name, s in (("asha", asha), ("full", full), ("script", script))}
-    return [
-        Row(f"best {OBJECTIVE}, ASHA (%)", best_asha, f"the {n} trials in full", best_full, unit="points", digits=2,
-            note="goal: within 0.5 points"),
-        Row("optimizer steps, ASHA", steps_asha, f"the {n} trials in full", steps_full, digits=0,
-            note=f"goal: at most 0.50x; {pruned} of {n} trials pruned"),
-        Row("trainserve wall per trial, full (s)", per_trial["full"], "Optuna + fit() in-process (s)",
-            per_trial["script"], unit="s", digits=2, note="the difference: the service's overhead per trial"),
-        Row("trainserve wall per trial, ASHA (s)", per_trial["asha"], "trainserve, full (s)", per_trial["full"],
-            unit="s", digits=2, note="what early stopping saves per trial"),
+    best_full = full["best"]["value"] * 100 if full["best"] else None
+    steps_full = sum(t["steps"] for t in full["trials"])
+    rows: list[Row] = []
+    for grace, asha in ashas.items():
+        name = f"ASHA, min_epochs {grace}"
+        best = asha["best"]["value"] * 100 if asha["best"] else None
+        pruned = sum(t["status"] == "pruned" for t in asha["trials"])
+        rows += [
+            Row(f"best {OBJECTIVE}, {name} (%)", best, f"the {n} trials in full", best_full, unit="points",
+                digits=2, note="goal: within 0.5 points"),
+            Row(f"optimizer steps, {name}", sum(t["steps"] for t in asha["trials"]), f"the {n} trials in full",
+                steps_full, digits=0, note=f"goal: at most 0.50x; {pruned} of {n} trials pruned"),
+            Row(f"trainserve wall per trial, {name} (s)", asha["wall_s"] / n, "trainserve, full (s)",
+                full["wall_s"] / n, unit="s", digits=2, note="what early stopping saves per trial"),
+        ]
+    return rows + [
+        Row("trainserve wall per trial, full (s)", full["wall_s"] / n, "Optuna + fit() in-process (s)",
+            script["wall_s"] / n, unit="s", digits=2, note="the difference: the service's overhead per trial"),
         Row(f"best {OBJECTIVE}, Optuna in-process (%)", script["best"] * 100, "trainserve, full", best_full,
             unit="points", digits=2, note="the same configurations: the same training"),
     ]
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=None, help="trials per sweep (default 12)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the example's 15)")
     parser.add_argument("--parallel", type=int, default=1, help="trials at once in each sweep (default 1)")
+    parser.add_argument("--min-epochs", default="1,3", help="ASHA grace periods to run, comma-separated (default 1,3)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the JSON (bench/results/sweep.json)")
     args = parser.parse_args(argv)
     trials = args.trials or (2 if args.quick else 12)
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs or args.quick:
         spec["training"]["epochs"] = args.epochs or 1
     epochs = spec["training"]["epochs"]
+    graces = [g for g in (int(x) for x in args.min_epochs.split(",")) if g <= epochs]
     started, load = time.perf_counter(), load_average()
 
     with trainserve("embedded", redis_db=REDIS_DB, env=NO_QUOTAS) as server, server.client(timeout=60) as client:
@@ -148,22 +156,24 @@ def main(argv: list[str] | None = None) -> int:
         # Warm-up, untimed: the worker starts after the API, and its first training pays torch's first-call costs.
         warm = {**spec, "training": {**spec["training"], "epochs": 1}}
         run_sweep(client, sweep_body(warm, space, trials=1, parallel=1, seed=99, pruner="none"), timeout=timeout)
-        asha = run_sweep(client, sweep_body(spec, space, trials=trials, parallel=args.parallel, seed=0,
-                                            pruner="asha"), timeout=timeout)
+        ashas = {grace: run_sweep(client, sweep_body(spec, space, trials=trials, parallel=args.parallel, seed=0,
+                                                     pruner="asha", min_epochs=grace), timeout=timeout)
+                 for grace in graces}
         full = run_sweep(client, sweep_body(spec, space, trials=trials, parallel=args.parallel, seed=0,
                                             pruner="none"), timeout=timeout)
-    same = [t["params"] for t in asha["trials"]] == [t["params"] for t in full["trials"]]
+    same = all([t["params"] for t in asha["trials"]] == [t["params"] for t in full["trials"]]
+               for asha in ashas.values())
     script = run_optuna(spec, space, [t["params"] for t in full["trials"]])
-    rows = table_rows(asha, full, script)
+    rows = table_rows(ashas, full, script)
 
     print(header("bench.sweep", load, args.quick))
-    print(f"{trials} random trials of {epochs} epochs on digits (seed 0, {args.parallel} at a time), embedded stack;"
-          f" both sweeps proposed the same trials: {same}\n")
+    print(f"{trials} random trials of {epochs} epochs on digits (seed 0, {args.parallel} at a time), embedded stack,"
+          f" ASHA with reduction factor 3; every sweep proposed the same trials: {same}\n")
     print(rows_table(rows))
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
     payload = {"quick": args.quick, "trials": trials, "epochs": epochs, "parallel": args.parallel,
                "same_trials": same, "load_average_start": load, "load_average_end": load_average(),
-               "rows": [r.to_json() for r in rows], "asha": asha, "full": full, "optuna_in_process": script}
+               "rows": [r.to_json() for r in rows], "asha": {str(g): a for g, a in ashas.items()}, "full": full, "optuna_in_process": script}
     write_json("sweep", payload, args.out)
     return 0
 
