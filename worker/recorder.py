@@ -15,11 +15,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from service.checkpoints import record_checkpoint
 from service.db import is_transient, session_scope
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 Write = Callable[[Session, bool], None]  # (session, is_retry)
 POINT_BYTES = 200  # a buffered point's rough footprint, for the byte budget
 MAX_RETRY_DELAY = 5.0
+# What a checkpoint write reads and moves on the job row.
+CHECKPOINT_COLUMNS = (Job.lease_owner, Job.best_checkpoint_id, Job.latest_checkpoint_id, Job.epoch, Job.step)
 
 
 class LeaseLost(RuntimeError):
@@ -41,14 +43,17 @@ class LeaseLost(RuntimeError):
 
 
 def update_owned(session: Session, job_id: str, owner: str, **values: Any) -> None:
-    """Write columns of a job we hold the lease of, without loading the row (its spec and report are large)."""
-    result = session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(**values))
+    """Write columns of a job we hold the lease of, without loading the row (its spec and report are large).
+    A Core update on the session's connection: the ORM's bulk-update bookkeeping cost more than the round trip."""
+    result = session.connection().execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(**values))
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise LeaseLost(job_id)
 
 
-def owned_job(session: Session, job_id: str, owner: str) -> Job:
-    job = session.get(Job, job_id)
+def owned_job(session: Session, job_id: str, owner: str, *, only: Sequence[Any] = ()) -> Job:
+    """The job we hold the lease of (LeaseLost otherwise); `only` loads just those columns (not the spec)."""
+    job = session.get(Job, job_id, options=[load_only(*only)] if only else None)
     if job is None or job.lease_owner != owner:
         raise LeaseLost(job_id)
     return job
@@ -187,7 +192,7 @@ class JobRecorder:
         job_id, owner = self.job_id, self.owner
 
         def write(session: Session, _retry: bool) -> None:
-            job = owned_job(session, job_id, owner)
+            job = owned_job(session, job_id, owner, only=CHECKPOINT_COLUMNS)
             record_checkpoint(session, job=job, step=blob.step, epoch=blob.epoch, metric=blob.monitor,
                               value=blob.monitor_value, weights=blob.weights, state=blob.state,
                               is_final=blob.is_final, keep_last=policy.keep_last, keep_best=policy.keep_best,
