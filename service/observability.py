@@ -9,12 +9,14 @@ Workers serve their own series (worker.observability) on TRAINSERVE_WORKER_METRI
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -39,6 +41,20 @@ PREDICT_SECONDS = Histogram("trainserve_predict_duration_seconds",
 PREDICT_ROWS = Counter("trainserve_predict_rows_total", "Rows predicted")
 MODEL_CACHE_HITS = Counter("trainserve_model_cache_hits_total", "Predictions served by an already loaded model")
 MODEL_CACHE_MISSES = Counter("trainserve_model_cache_misses_total", "Predictions that had to load a checkpoint")
+
+M = TypeVar("M", bound=MetricWrapperBase)
+_children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
+
+
+def labelled(metric: M, *labels: str) -> M:
+    """`metric.labels(*labels)`, remembered: labels() takes a lock and builds its key on every call, which a hot
+    /predict paid three times. The same child labels() returns, made on first use as before (no series appears
+    sooner); the keys are as few as the series prometheus_client keeps anyway."""
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child  # type: ignore[return-value]  # labels() of an M is an M
 
 
 # --- HTTP -------------------------------------------------------------------------------------------------
@@ -70,7 +86,8 @@ class RequestTelemetry:
             return
         started = time.perf_counter()
         headers = dict(scope.get("headers") or [])
-        request_id = _clean_request_id(headers.get(b"x-request-id")) or uuid.uuid4().hex[:16]
+        # 16 random hex digits, as uuid4().hex[:16] gave, without its system call (an id, not a secret).
+        request_id = _clean_request_id(headers.get(b"x-request-id")) or f"{random.getrandbits(64):016x}"
         status = 500
         request_token = current_request_id.set(request_id)
 
@@ -89,8 +106,8 @@ class RequestTelemetry:
             elapsed = time.perf_counter() - started
             route, method = route_label(scope), scope.get("method", "")
             if route != "/metrics":  # scrapes would otherwise dominate the request series
-                HTTP_REQUESTS.labels(method, route, str(status)).inc()
-                HTTP_SECONDS.labels(method, route).observe(elapsed)
+                labelled(HTTP_REQUESTS, method, route, str(status)).inc()
+                labelled(HTTP_SECONDS, method, route).observe(elapsed)
             # Probes, scrapes and successful predictions are the bulk of the traffic: DEBUG, so that INFO logs
             # stay readable and a hot /predict does not pay for a log line (TRAINSERVE_LOG_LEVEL=DEBUG shows them).
             level = logging.DEBUG if route in QUIET_ROUTES and status < 400 else logging.INFO
