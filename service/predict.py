@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
+import numpy as np
+import orjson
 import torch
 from fastapi.exceptions import RequestValidationError
 from pydantic import Strict, ValidationError
 from sqlalchemy.orm import Session
 
-from service.auth import authenticate_recent
+from service.auth import SingleFlight
 from service.checkpoint_format import read_weights
 from service.checkpoints import load_weights_verified, resolve_checkpoint_id
 from service.datainfo import DataInfo
@@ -34,8 +36,8 @@ from service.inputs import parse_inputs, prepare_inputs
 from service.jobs import get_job_or_raise
 from service.models import FINISHED_STATUSES, Job
 from service.nets import build_model, check_spec, task_kind
-from service.observability import MODEL_CACHE_HITS, MODEL_CACHE_MISSES, PREDICT_ROWS, PREDICT_SECONDS
-from service.schemas import PredictRequest, PredictResponse
+from service.observability import MODEL_CACHE_HITS, MODEL_CACHE_MISSES, PREDICT_ROWS, PREDICT_SECONDS, labelled
+from service.schemas import PredictRequest
 from service.registry import resolve_predict_request
 from service.settings import Settings
 from service.spec import JobSpec
@@ -52,6 +54,11 @@ INLINE_MAX_FLOPS = 5e8
 # ... and only while the answer is small: building and encoding its floats holds the loop as long as the
 # forward pass of a big model would (50M values took 24 s), even for a model that computes nothing.
 INLINE_MAX_VALUES = 100_000
+
+
+# A PredictResponse as a dict, its fields in the schema's order, never None (run_model leaves out what a task
+# does not answer): what _finish encodes.
+Answer = dict[str, Any]
 
 
 @dataclass
@@ -110,6 +117,8 @@ class ModelCache:
         # One lock per key being loaded, and how many threads hold or wait on it: concurrent misses of one model
         # load it once (the first loads, the others wait and find it cached), misses of others do not wait.
         self._loading: dict[str, tuple[threading.Lock, int]] = {}
+        # Requests (on the event loop) that find a remembered lookup expired ask the database once between them.
+        self.refreshes = SingleFlight()
 
     def get(self, key: str) -> LoadedModel | None:
         with self._lock:
@@ -165,63 +174,84 @@ class ModelCache:
 
     def hot(self, tenant: str, job_id: str, ref: str) -> tuple[str, LoadedModel] | None:
         """The checkpoint id and model a remembered, unexpired lookup names; None means: ask the database."""
-        with self._lock:
+        with self._lock:  # one lock for both lookups: this runs on every hot request
             found = self._lookups.get((tenant, job_id, ref))
             if found is None or found.expires <= time.monotonic():
                 return None
-        loaded = self.get(found.model_key)
+            loaded = self._items.get(found.model_key)
+            if loaded is not None:
+                self._items.move_to_end(found.model_key)
+        (MODEL_CACHE_HITS if loaded is not None else MODEL_CACHE_MISSES).inc()  # as get() counts
         return None if loaded is None else (found.checkpoint_id, loaded)
+
+    def expired(self, tenant: str, job_id: str, ref: str) -> bool:
+        """Whether a lookup of this reference was remembered, and its time is up."""
+        with self._lock:
+            found = self._lookups.get((tenant, job_id, ref))
+            return found is not None and found.expires <= time.monotonic()
 
 
 def run_model(loaded: LoadedModel, x: torch.Tensor) -> dict[str, Any]:
-    x = prepare_inputs(x, mean=loaded.mean, std=loaded.std, input_shape=loaded.input_shape)
+    """`x`: parsed rows, (n, features)."""
+    if loaded.mean is not None or len(loaded.input_shape) != 1:  # else prepare_inputs would return x as it is
+        x = prepare_inputs(x, mean=loaded.mean, std=loaded.std, input_shape=loaded.input_shape)
+    # The answer's tensors are built in inference mode too: on its tensors that skips autograd's bookkeeping.
     with torch.inference_mode():
         out = loaded.model(x).float()
-    if loaded.task == "classification":
-        probs = torch.softmax(out, dim=-1)
-        classes = loaded.classes or [str(i) for i in range(out.shape[-1])]
-        return {"predictions": [classes[i] for i in probs.argmax(dim=-1).tolist()], "classes": classes,
-                "probabilities": probs.tolist()}
-    if loaded.task == "binary":
-        probs = torch.sigmoid(out)
-        if out.shape[-1] == 1:
-            classes = loaded.classes or ["0", "1"]
-            p = probs[:, 0]
-            return {"predictions": [classes[int(v > 0.5)] for v in p.tolist()], "classes": classes,
-                    "probabilities": torch.stack([1 - p, p], dim=1).tolist()}
-        return {"predictions": (probs > 0.5).int().tolist(), "probabilities": probs.tolist()}
-    return {"predictions": out.reshape(out.shape[0], -1).tolist()}
+        if loaded.task == "classification":
+            probs = torch.softmax(out, dim=-1)
+            classes = loaded.classes or [str(i) for i in range(out.shape[-1])]
+            return {"predictions": [classes[i] for i in probs.argmax(dim=-1).tolist()], "classes": classes,
+                    "probabilities": probs.tolist()}
+        if loaded.task == "binary":
+            probs = torch.sigmoid(out)
+            if out.shape[-1] == 1:
+                classes = loaded.classes or ["0", "1"]
+                p = probs[:, 0]
+                return {"predictions": [classes[int(v > 0.5)] for v in p.tolist()], "classes": classes,
+                        "probabilities": torch.stack([1 - p, p], dim=1).tolist()}
+            return {"predictions": (probs > 0.5).int().tolist(), "probabilities": probs.tolist()}
+        return {"predictions": out.reshape(out.shape[0], -1).tolist()}
 
 
-async def predict(raw: bytes, *, authorization: str | None, cache: ModelCache,
-                  settings: Settings) -> tuple[str, bool]:
-    """POST /predict: the JSON answer (PredictResponse, None fields left out) and whether the model was cached.
+async def predict(raw: bytes, *, tenant: str, cache: ModelCache, settings: Settings) -> tuple[bytes, bool]:
+    """POST /predict for `tenant` (whose key service.auth.Authentication has checked, with the same
+    TRAINSERVE_PREDICT_CACHE_SECONDS trust): the JSON answer (PredictResponse, None fields left out) and whether
+    the model was cached.
 
     A body under INLINE_MAX_BYTES for a hot model whose forward pass is cheap (INLINE_MAX_FLOPS) and whose
     answer is small (INLINE_MAX_VALUES) is answered on the event loop, as a bare FastAPI handler would; anything
     bigger in a worker thread, so that it does not stall every other request for the whole of its work. Database
     lookups always run in a worker thread.
     """
-    tenant = await authenticate_recent(authorization, ttl=settings.predict_cache_seconds)
     if len(raw) >= INLINE_MAX_BYTES:
         big = await _by_job(await anyio.to_thread.run_sync(parse_request, raw), tenant=tenant, settings=settings)
         return await anyio.to_thread.run_sync(lambda: _answer(big, tenant, cache, settings))
-    request = await _by_job(parse_request(raw), tenant=tenant, settings=settings)
+    request = parse_request(raw)
+    if not isinstance(request, PlainRows):
+        request = await _by_job(request, tenant=tenant, settings=settings)
     job_id, rows = resolved(request)
-    hot = cache.hot(tenant, job_id, request.checkpoint)
+    lookup = (tenant, job_id, request.checkpoint)
+    hot = cache.hot(*lookup)
+    if hot is None and cache.expired(*lookup) and await cache.refreshes.wait(lookup):
+        hot = cache.hot(*lookup)  # remembered by the request that just asked the database
     if hot is not None and _cheap(hot[1], rows=len(rows)):
         return _hot_answer(request, hot, settings)
-    return await anyio.to_thread.run_sync(lambda: _answer(request, tenant, cache, settings, hot=hot))
+    if hot is not None:
+        return await anyio.to_thread.run_sync(lambda: _hot_answer(request, hot, settings))
+    with cache.refreshes.lead(lookup):
+        return await anyio.to_thread.run_sync(lambda: _answer(request, tenant, cache, settings))
 
 
-async def _by_job(request: PredictRequest, *, tenant: str, settings: Settings) -> PredictRequest:
+async def _by_job(request: Body, *, tenant: str, settings: Settings) -> Body:
     """A body naming a model ("name@alias") or sending records, as the (job_id, checkpoint, inputs) it means."""
-    if request.model is None and request.records is None and request.job_id is not None and request.inputs is not None:
+    if isinstance(request, PlainRows) or (request.model is None and request.records is None
+                                          and request.job_id is not None and request.inputs is not None):
         return request  # the common body: nothing to resolve
     return await resolve_predict_request(request, tenant=tenant, ttl=settings.predict_cache_seconds)
 
 
-def resolved(request: PredictRequest) -> tuple[str, list[Any]]:
+def resolved(request: Body) -> tuple[str, list[Any]]:
     """(job_id, inputs) of a body _by_job has resolved: a model reference became a job id, records became rows."""
     if request.job_id is None or request.inputs is None:  # _by_job fills both or raises: a bug if reached
         raise TypeError("a /predict body reached the model before its job_id and inputs were resolved")
@@ -242,7 +272,7 @@ def check_output_size(*, rows: int, outputs_per_row: int, max_values: int) -> No
         }])
 
 
-def _hot_answer(request: PredictRequest, hot: tuple[str, LoadedModel], settings: Settings) -> tuple[str, bool]:
+def _hot_answer(request: Body, hot: tuple[str, LoadedModel], settings: Settings) -> tuple[bytes, bool]:
     """The answer from a hot model, from memory alone."""
     started = time.perf_counter()
     checkpoint_id, loaded = hot
@@ -252,10 +282,9 @@ def _hot_answer(request: PredictRequest, hot: tuple[str, LoadedModel], settings:
                    started=started)
 
 
-def _answer(request: PredictRequest, tenant: str, cache: ModelCache, settings: Settings, *,
-            hot: tuple[str, LoadedModel] | None = None) -> tuple[str, bool]:
-    """A hot model's answer, else the database's (blocking: for worker threads). `hot`: already looked up."""
-    hot = hot or cache.hot(tenant, resolved(request)[0], request.checkpoint)
+def _answer(request: Body, tenant: str, cache: ModelCache, settings: Settings) -> tuple[bytes, bool]:
+    """A hot model's answer, else the database's (blocking: for worker threads)."""
+    hot = cache.hot(tenant, resolved(request)[0], request.checkpoint)
     if hot is not None:
         return _hot_answer(request, hot, settings)
     started = time.perf_counter()
@@ -263,10 +292,12 @@ def _answer(request: PredictRequest, tenant: str, cache: ModelCache, settings: S
     return _finish(response, hit=hit, started=started)
 
 
-def _finish(response: PredictResponse, *, hit: bool, started: float) -> tuple[str, bool]:
-    PREDICT_SECONDS.labels("hit" if hit else "miss").observe(time.perf_counter() - started)
-    PREDICT_ROWS.inc(len(response.predictions))
-    return response.model_dump_json(exclude_none=True), hit
+def _finish(answer: Answer, *, hit: bool, started: float) -> tuple[bytes, bool]:
+    labelled(PREDICT_SECONDS, "hit" if hit else "miss").observe(time.perf_counter() - started)
+    PREDICT_ROWS.inc(len(answer["predictions"]))
+    # orjson writes the bytes PredictResponse.model_dump_json(exclude_none=True) would (same field order, floats
+    # in their shortest form, non-finite ones as null, the same string escapes), ten times faster.
+    return orjson.dumps(answer), hit
 
 
 class NumberRows(PredictRequest):
@@ -276,10 +307,35 @@ class NumberRows(PredictRequest):
     inputs: list[list[Annotated[float, Strict()]]]  # strict: booleans, strings and nulls are not numbers
 
 
-def parse_request(raw: bytes) -> PredictRequest:
-    """The body, parsed by pydantic's JSON parser (several times faster than json.loads on big batches). Anything
-    but flat rows of numbers (nested rows, bad values, a bad body) is parsed again as a plain PredictRequest,
-    whose problems answer 422 exactly like FastAPI's own body validation, or are named by parse_inputs."""
+@dataclass(slots=True)
+class PlainRows:
+    """The common body, `{"job_id", "checkpoint" (optional), "inputs"}`, with its rows already proved finite
+    numbers and converted to float32 (see _plain_body). It reads like the PredictRequest it stands for, without
+    the cost of building one on every request."""
+
+    job_id: str
+    inputs: list[Any]
+    array: np.ndarray  # the rows as float32, two or more dimensions
+    checkpoint: str = PredictRequest.model_fields["checkpoint"].default
+    model: None = None
+    records: None = None
+
+
+# What the steps after parsing take: a parsed body of any kind.
+Body = PredictRequest | PlainRows
+
+
+_PLAIN_FIELDS = frozenset({"job_id", "checkpoint", "inputs"})
+
+
+def parse_request(raw: bytes) -> Body:
+    """The body. The common one (see _plain_body) is decoded by orjson and numpy; anything else is parsed by
+    pydantic's JSON parser (several times faster than json.loads on big batches), first as flat rows of numbers,
+    then, failing that (nested rows, bad values, a bad body), as a plain PredictRequest, whose problems answer 422
+    exactly like FastAPI's own body validation, or are named by parse_inputs."""
+    plain = _plain_body(raw)
+    if plain is not None:
+        return plain
     try:
         return NumberRows.model_validate_json(raw)
     except ValidationError:
@@ -290,13 +346,71 @@ def parse_request(raw: bytes) -> PredictRequest:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
-def _request_tensor(request: PredictRequest, *, input_shape: tuple[int, ...], max_rows: int) -> torch.Tensor:
+def _plain_body(raw: bytes) -> PlainRows | None:
+    """`{"job_id": str, "checkpoint": str (optional), "inputs": rows of finite numbers}`, decoded by orjson, its rows
+    turned into float32 by numpy in C, as a bare FastAPI handler would (for 256 rows of 784 values, 10 ms where
+    pydantic's strict parse and then numpy took 16). None for any other body, or any doubt; pydantic then parses
+    it as before, so every answer and every 422 stays what it was."""
+    # numpy would quietly take a boolean or a numeric string for a number, so the bytes must show neither. "true"
+    # holds an "r", "false" and "null" an "l", which no number, field name or hex id holds: two memchr passes
+    # (some 40 us for 1.4 MB) rule all three out, and the words themselves are searched only where one is found.
+    maybe_null = b"l" in raw
+    if (maybe_null or b"r" in raw) and (b"true" in raw or b"false" in raw):
+        return None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(body) is not dict or not body.keys() <= _PLAIN_FIELDS or type(body.get("job_id")) is not str \
+            or type(body.get("checkpoint", "")) is not str or type(body.get("inputs")) is not list:
+        return None
+    # Every key and the one or two string values hold two quotes each, "inputs" none: any string in the rows, or
+    # a quote escaped in an id, adds some.
+    if _count_quotes(raw, most=4 * len(body)) != 4 * len(body) - 2:
+        return None
+    array = _number_array(body["inputs"], maybe_null=maybe_null)
+    return None if array is None else PlainRows(array=array, **body)
+
+
+def _count_quotes(raw: bytes, *, most: int) -> int:
+    """The double quotes in `raw`, counted up to `most` (find is a memchr: one quick pass over a big body)."""
+    count, at = 0, raw.find(b'"')
+    while at >= 0 and count < most:
+        count += 1
+        at = raw.find(b'"', at + 1)
+    return count
+
+
+def _number_array(rows: list[Any], *, maybe_null: bool) -> np.ndarray | None:
+    """Rows of numbers (nested lists of one shape, no strings or booleans among them) as a float32 array of two or
+    more dimensions, each value converted as the pydantic path converts it (a Python float, then float32); None
+    for ragged rows, objects, values past float32's range, or (where `maybe_null`) nulls. orjson itself never
+    gives an infinite or nan float."""
+    try:
+        with np.errstate(over="raise"):  # past float32's range: refused here, named by parse_inputs
+            array = np.array(rows, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError, FloatingPointError):
+        return None
+    if array.ndim < 2 or (maybe_null and not np.isfinite(array).all()):  # numpy makes a null nan
+        return None
+    return array
+
+
+def _request_tensor(request: Body, *, input_shape: tuple[int, ...], max_rows: int) -> torch.Tensor:
+    width = math.prod(input_shape)
+    if isinstance(request, PlainRows) and len(request.array) <= max_rows:
+        array = request.array
+        if array.ndim == 2 and array.shape[1] == width:  # flat rows: already (n, features)
+            return torch.from_numpy(array)
+        if array[0].size == width:
+            return torch.from_numpy(array.reshape(len(array), width))
+    # Anything else is named, problem by problem, by parse_inputs (too many rows, the wrong width...).
     return parse_inputs(resolved(request)[1], input_shape=input_shape, max_rows=max_rows,
-                        numbers_checked=isinstance(request, NumberRows))
+                        numbers_checked=isinstance(request, (NumberRows, PlainRows)))
 
 
-def _predict_from_database(*, tenant: str, request: PredictRequest, cache: ModelCache,
-                           settings: Settings) -> tuple[PredictResponse, bool]:
+def _predict_from_database(*, tenant: str, request: Body, cache: ModelCache,
+                           settings: Settings) -> tuple[Answer, bool]:
     # Read-only: /predict writes nothing, and on SQLite a read transaction takes no write lock.
     with session_scope(read_only=True) as session:
         return predict_from_database(session, tenant=tenant, request=request, cache=cache, settings=settings)
@@ -311,9 +425,9 @@ def _outputs_per_row(job: Job, spec: JobSpec, data: DataInfo) -> int:
     return math.prod(int(size) for size in shape)
 
 
-def predict_from_database(session: Session, *, tenant: str, request: PredictRequest, cache: ModelCache,
-                          settings: Settings) -> tuple[PredictResponse, bool]:
-    """Returns the response and whether the model came from the cache; a finished job's lookup is remembered
+def predict_from_database(session: Session, *, tenant: str, request: Body, cache: ModelCache,
+                          settings: Settings) -> tuple[Answer, bool]:
+    """Returns the answer and whether the model came from the cache; a finished job's lookup is remembered
     for `predict_cache_seconds` so the next requests for it skip the database."""
     job = get_job_or_raise(session, tenant=tenant, job_id=resolved(request)[0])
     checkpoint_id = resolve_checkpoint_id(job, request.checkpoint)
@@ -339,6 +453,6 @@ def predict_from_database(session: Session, *, tenant: str, request: PredictRequ
     return _respond(loaded, x, job_id=job.id, checkpoint_id=checkpoint_id), hit
 
 
-def _respond(loaded: LoadedModel, x: torch.Tensor, *, job_id: str, checkpoint_id: str) -> PredictResponse:
+def _respond(loaded: LoadedModel, x: torch.Tensor, *, job_id: str, checkpoint_id: str) -> Answer:
     # Built from our own lists, already of the schema's types: validating would only copy every row again.
-    return PredictResponse.model_construct(job_id=job_id, checkpoint_id=checkpoint_id, **run_model(loaded, x))
+    return {"job_id": job_id, "checkpoint_id": checkpoint_id, **run_model(loaded, x)}
