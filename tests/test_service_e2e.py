@@ -218,6 +218,10 @@ def test_predict_caches_models_and_serves_classifiers(stack: LiveServer) -> None
     ([[1.0, 2.0, 3.0]], "inputs[0]"),
     ([[1.0, 2.0, "x", 4.0]], "inputs[0][2]"),
     ([[1.0, 2.0, 3.0, 4.0], [1.0, None, 3.0, 4.0]], "inputs[1][1]"),
+    # Values numpy would quietly take for numbers: /predict's fast parse must leave them to the strict one.
+    ([[1.0, True, 3.0, 4.0]], "inputs[0][1]"),
+    ([[1.0, 2.0, 3.0, False]], "inputs[0][3]"),
+    ([[1.0, 2.0, "3.0", 4.0]], "inputs[0][2]"),
 ])
 def test_predict_rejects_bad_inputs_with_their_path(embedded_server: LiveServer, inputs: list[Any], loc: str) -> None:
     with embedded_server.client() as c:
