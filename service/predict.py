@@ -122,10 +122,15 @@ class ModelCache:
 
     def get(self, key: str) -> LoadedModel | None:
         with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
+            item = self._touch(key)
         (MODEL_CACHE_HITS if item is not None else MODEL_CACHE_MISSES).inc()
+        return item
+
+    def _touch(self, key: str) -> LoadedModel | None:
+        """The cached model, marked most recently used (the caller holds the lock)."""
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
         return item
 
     def get_or_load(self, key: str, load: Callable[[], LoadedModel]) -> tuple[LoadedModel, bool]:
@@ -178,9 +183,7 @@ class ModelCache:
             found = self._lookups.get((tenant, job_id, ref))
             if found is None or found.expires <= time.monotonic():
                 return None
-            loaded = self._items.get(found.model_key)
-            if loaded is not None:
-                self._items.move_to_end(found.model_key)
+            loaded = self._touch(found.model_key)
         (MODEL_CACHE_HITS if loaded is not None else MODEL_CACHE_MISSES).inc()  # as get() counts
         return None if loaded is None else (found.checkpoint_id, loaded)
 
