@@ -8,9 +8,10 @@ import io
 import math
 from collections.abc import Sequence
 from contextlib import closing
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Executable, Select, and_, bindparam, case, delete, func, null, or_, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -91,30 +92,53 @@ def _stride(before: list[int], stride: int | None, steps: list[int]) -> int | No
 
 
 def _copy_points(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
-    # Text format, not binary: the server converts each field to its column's type, so a migration that changes
-    # a column's type cannot make this write a wrong binary layout.
-    with closing(connection.connection.cursor()) as cursor, \
-            cursor.copy(f"COPY {MetricPoint.__tablename__} ({_COLUMNS}) FROM STDIN") as copy:
-        for p in points:
-            copy.write_row((job_id, p["name"], p["step"], p["epoch"], p["value"], p["time"]))
+    # One statement whose one parameter is the batch as JSON, unpacked by the server (json_to_recordset): orjson
+    # encodes the points' dicts, datetimes included, in C, where COPY formatted each row in Python with the writer
+    # thread holding the GIL the training thread waits for. The server parses each field as its column's type
+    # (text to float8 takes "NaN" and "Infinity", which JSON cannot spell as numbers).
+    if not all(map(math.isfinite, (p["value"] for p in points))):
+        points = [p if math.isfinite(p["value"]) else {**p, "value": _json_value(p["value"])} for p in points]
+    with closing(connection.connection.cursor()) as cursor:
+        cursor.execute(_POSTGRESQL_INSERT, (job_id, orjson.dumps(points, option=orjson.OPT_SERIALIZE_NUMPY).decode()))
+
+
+_POSTGRESQL_INSERT = f"""INSERT INTO {MetricPoint.__tablename__} ({_COLUMNS})
+SELECT %s, p.name, p.step, p.epoch, p.value, p.time
+FROM json_to_recordset(%s::json) AS p(name text, step integer, epoch integer, value double precision,
+                                      time timestamptz)"""
 
 
 def _insert_points(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
-    # The service runs on PostgreSQL or SQLite, so this is SQLite's paramstyle. Timestamps go through
-    # SQLAlchemy's own conversion, so they are stored in the text format every other write uses.
-    dialect = connection.dialect
-    processor = MetricPoint.__table__.c.time.type.dialect_impl(dialect).bind_processor(dialect)
-    to_db = processor if processor is not None else (lambda value: value)
-    connection.exec_driver_sql(
-        f"INSERT INTO {MetricPoint.__tablename__} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-        [(job_id, p["name"], p["step"], p["epoch"], _sqlite_value(p["value"]), to_db(p["time"])) for p in points],
-    )
+    # One statement for the whole batch: the rows travel as one JSON array that SQLite unpacks itself (json_each),
+    # so the writer thread holds the GIL for a list and an orjson call instead of binding six parameters a row
+    # (the GIL is released while SQLite works, and the training thread is the one waiting for it). Times travel as
+    # microseconds since the epoch and are written in SQLAlchemy's SQLite text format, as every other write does.
+    cache: dict[datetime, int] = {}  # a step's points share one time object
+    rows = []
+    for p in points:
+        when = p["time"]
+        micros = cache.get(when)
+        if micros is None:
+            micros = cache[when] = (when.replace(tzinfo=None) - _EPOCH) // _MICROSECOND
+        rows.append((p["name"], p["step"], p["epoch"], _json_value(p["value"]), micros))
+    connection.exec_driver_sql(_SQLITE_INSERT, (job_id, orjson.dumps(rows).decode()))
 
 
-def _sqlite_value(value: float) -> float | str:
-    # SQLite stores a NaN REAL as NULL, which the NOT NULL column refuses; as text it is kept (and read back by
-    # finite_or_none). Infinities are ordinary REALs there, and PostgreSQL's float8 takes all three.
-    return "NaN" if value != value else value
+_EPOCH, _MICROSECOND = datetime(1970, 1, 1), timedelta(microseconds=1)
+# SQLite stores a NaN REAL as NULL, which the NOT NULL column refuses; as text it is kept (and read back by
+# finite_or_none). Infinities are ordinary REALs there (9e999 is how SQL spells one); JSON has none of the three.
+_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+_SQLITE_INSERT = f"""INSERT INTO {MetricPoint.__tablename__} ({_COLUMNS})
+SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+  CASE json_extract(value, '$[3]') WHEN 'Infinity' THEN 9e999 WHEN '-Infinity' THEN -9e999
+    ELSE json_extract(value, '$[3]') END,
+  strftime('%Y-%m-%d %H:%M:%S', json_extract(value, '$[4]') / 1000000, 'unixepoch')
+    || printf('.%06d', json_extract(value, '$[4]') % 1000000)
+FROM json_each(?)"""
+
+
+def _json_value(value: float) -> float | str:
+    return float(value) if math.isfinite(value) else _NON_FINITE[repr(float(value))]
 
 
 def drop_points_after(session: Session, *, job_id: str, step: int) -> None:
