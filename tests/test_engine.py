@@ -546,17 +546,45 @@ def test_log_every_steps_sets_the_cadence_of_train_loss_and_lr() -> None:
 
 
 def test_long_epochs_report_points_and_progress_before_they_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_points, "FLUSH_EVERY_POINTS", 3)
+    """Mid-epoch, what was logged leaves once FLUSH_EVERY_S has passed since the last hand-over."""
+    monkeypatch.setattr(engine_points, "FLUSH_EVERY_POINTS", 1000)  # time alone decides here
+    now = [0.0]
+
+    def each_step_takes_0_4_s() -> bool:  # should_stop() is asked before every step
+        now[0] += 0.4
+        return False
+
     batches: list[list[Point]] = []
     progress: list[Progress] = []
     data = regression_data(n_val=8)
     result = fit(mlp(0, 4, 8, 1), make_spec(training={"epochs": 1, "batch_size": 4}), data,
-                 on_points=batches.append, on_progress=progress.append, clock=frozen_clock)  # by count only
+                 on_points=batches.append, on_progress=progress.append, should_stop=each_step_takes_0_4_s,
+                 clock=lambda: now[0])
+    # 1.2 s after the start, after step 3; 1.2 s later, after step 6; the rest at the epoch's end.
     assert [[p.step for p in b if p.name == "train_loss"] for b in batches] == [[1, 2, 3], [4, 5, 6], [7, 8]]
     assert [(p.step, p.total_steps, p.epoch, p.epochs) for p in progress] == [(3, 8, 1, 1), (6, 8, 1, 1),
                                                                              (8, 8, 1, 1)]
     losses = [p.value for b in batches for p in b if p.name == "train_loss"]
     assert result.final_metrics["train_loss"] == pytest.approx(sum(losses) / 8, rel=1e-12)  # the epoch mean
+
+
+def test_points_read_mid_epoch_wait_for_the_next_hand_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Losses are read every FLUSH_EVERY_POINTS logged steps (so few tensors pile up), but reading is not
+    writing: with no time passing, nothing leaves before the run's last checkpoint, however many reads."""
+    monkeypatch.setattr(engine_points, "FLUSH_EVERY_POINTS", 3)
+    batches: list[list[Point]] = []
+    reads: list[int] = []
+    read_losses = engine_points.PointBuffer.read_losses
+
+    def counted(self: engine_points.PointBuffer, epoch: int, *, lr: float) -> None:
+        reads.append(len(self.losses))
+        read_losses(self, epoch, lr=lr)
+
+    monkeypatch.setattr(engine_points.PointBuffer, "read_losses", counted)
+    fit(mlp(0, 4, 8, 1), make_spec(training={"epochs": 2, "batch_size": 4}), regression_data(n_val=8),
+        on_points=batches.append, clock=frozen_clock)
+    assert reads == [3, 3, 2, 3, 3, 2]  # 8 steps an epoch
+    assert [[p.step for p in b if p.name == "train_loss"] for b in batches] == [list(range(1, 17))]
 
 
 def test_default_log_cadence_keeps_about_a_thousand_points() -> None:

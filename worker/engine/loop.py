@@ -217,7 +217,7 @@ class _Run:
             self.points.add_loss(loss, step=self.step, lr=self.optimizer.param_groups[0]["lr"] if logged else None)
             if logged and self.points.due():
                 self.points.read_losses(epoch, lr=self.spec.optimizer.lr)
-                self.points.send(self._progress(), force=True)
+                self.points.send(self._progress(), force=False)
             if self.step_scheduler is not None:
                 self.step_scheduler.step()
             if self.step >= self.plan.total_steps:

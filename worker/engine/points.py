@@ -2,9 +2,10 @@
 to ``on_points`` (the outbox), and the throttles that decide when they leave.
 
 Per step the loop only appends a loss tensor, so no step waits on the device. Losses are read in one go at an
-epoch's end, or mid-epoch once FLUSH_EVERY_POINTS logged steps are waiting or FLUSH_EVERY_S has passed, so a long
-epoch still shows live progress. Points and progress leave at most every FLUSH_EVERY_S (and always before a
-checkpoint, so a resume from it loses none): with tiny epochs a write per epoch would cost more than training.
+epoch's end, or mid-epoch once FLUSH_EVERY_POINTS logged steps are waiting (so few tensors pile up) or FLUSH_EVERY_S
+has passed, so a long epoch still shows live progress. Points and progress leave at most every FLUSH_EVERY_S (and
+always before a checkpoint, so a resume from it loses none): each hand-over is a database write, which with short
+epochs or a point every step would cost more than training.
 When a loss is not finite, every point before it, held ones included, is handed over before the error.
 """
 
