@@ -6,11 +6,11 @@ import hashlib
 import logging
 from typing import Literal
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session, defer
 
 from service.errors import CheckpointNotFound, CorruptCheckpoint, StateConflict
-from service.models import Checkpoint, Job, ModelVersion
+from service.models import Checkpoint, Job, ModelVersion, new_id, utcnow
 from service.schemas import CheckpointList, CheckpointRead
 
 log = logging.getLogger(__name__)
@@ -30,35 +30,41 @@ def _better(value: float | None, than: float | None, mode: Literal["min", "max"]
 
 def record_checkpoint(session: Session, *, job: Job, step: int, epoch: int, metric: str, value: float | None,
                       weights: bytes, state: bytes, is_final: bool, keep_last: int, keep_best: bool,
-                      mode: Literal["min", "max"]) -> Checkpoint:
-    ckpt = Checkpoint(job_id=job.id, step=step, epoch=epoch, metric=metric, value=value, is_final=is_final,
-                      weights=weights, weights_sha256=sha256(weights), state=state, state_sha256=sha256(state),
-                      size_bytes=len(weights) + len(state))
-    session.add(ckpt)
-    session.flush()
+                      mode: Literal["min", "max"]) -> str:
+    """Store a checkpoint of `job`, point the job's latest (when it has state) and best at it as they now are,
+    and apply retention; returns its id. The job row's columns are set on `job` (the caller's flush writes them).
+
+    Core statements, not the ORM's unit of work: the worker's writer thread runs this at every checkpoint, on the
+    training process's GIL, and the ORM's bookkeeping for one blob row cost more than the statements."""
+    ckpt_id = new_id()
+    session.execute(insert(Checkpoint).values(
+        id=ckpt_id, job_id=job.id, step=step, epoch=epoch, metric=metric, value=value, is_final=is_final,
+        weights=weights, weights_sha256=sha256(weights), state=state, state_sha256=sha256(state),
+        size_bytes=len(weights) + len(state), created_at=utcnow()))
     if state:  # a best-weights checkpoint (an earlier epoch's weights, no state) is never the one to resume from
-        job.latest_checkpoint_id = ckpt.id
-    best = session.get(Checkpoint, job.best_checkpoint_id, options=[defer(Checkpoint.weights), defer(Checkpoint.state)]) \
+        job.latest_checkpoint_id = ckpt_id
+    best = session.execute(select(Checkpoint.value).where(Checkpoint.id == job.best_checkpoint_id)).first() \
         if job.best_checkpoint_id else None
     if best is None or _better(value, best.value, mode) or (best.value is None and value is None):
-        job.best_checkpoint_id = ckpt.id
+        job.best_checkpoint_id = ckpt_id
     _apply_retention(session, job=job, keep_last=keep_last, keep_best=keep_best)
-    return ckpt
+    return ckpt_id
 
 
 def _apply_retention(session: Session, *, job: Job, keep_last: int, keep_best: bool) -> None:
     # keep_last counts checkpoints a run can resume from; a best-weights checkpoint (no state) stays only while
-    # it is the best (keep_best) or a model version pins it.
+    # it is the best (keep_best) or a model version pins it. A checkpoint a model version pins (service.registry)
+    # is never removed.
+    pinned = select(ModelVersion.id).where(ModelVersion.checkpoint_id == Checkpoint.id).exists()
     rows = session.execute(
-        select(Checkpoint.id, func.length(Checkpoint.state)).where(Checkpoint.job_id == job.id)
+        select(Checkpoint.id, func.length(Checkpoint.state) > 0, pinned).where(Checkpoint.job_id == job.id)
         .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())
     ).all()
-    keep = set([ckpt_id for ckpt_id, state_bytes in rows if state_bytes][:keep_last])
+    keep = set([ckpt_id for ckpt_id, resumable, _ in rows if resumable][:keep_last])
     if keep_best and job.best_checkpoint_id:
         keep.add(job.best_checkpoint_id)
-    # A checkpoint a model version pins (service.registry) is never removed.
-    keep |= set(session.scalars(select(ModelVersion.checkpoint_id).where(ModelVersion.job_id == job.id)))
-    drop = [ckpt_id for ckpt_id, _ in rows if ckpt_id not in keep]
+    keep |= {ckpt_id for ckpt_id, _, is_pinned in rows if is_pinned}
+    drop = [ckpt_id for ckpt_id, _, _ in rows if ckpt_id not in keep]
     if drop:
         session.execute(delete(Checkpoint).where(Checkpoint.id.in_(drop)))
     if not keep_best and job.best_checkpoint_id in drop:

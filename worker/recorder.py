@@ -1,16 +1,20 @@
 """What a training run writes to the database, written off the training thread, in order, through any outage.
 
 fit() reports points, progress and checkpoints through JobRecorder's callbacks. Each becomes a write on a
-bounded queue that one background thread applies in its own short transaction, in the order fit() reported
-them, so the training step never waits for the database. While the database is away the writer retries for as
-long as the outage lasts (an outage never fails a job); once the buffer is full, the training thread waits, so
-memory stays bounded. A write that finds the lease gone (another worker resumed the job) stops everything.
+bounded queue that one background thread applies in the order fit() reported them, so the training step never
+waits for the database. Whatever is queued when the thread comes for work goes in one transaction (an epoch's
+end queues points, progress and a checkpoint together): the writer's CPU, and the GIL it holds, are taken from
+training, and a transaction's own cost (session, commit) is much of a small write's. While the database is away
+the writer retries for as long as the outage lasts (an outage never fails a job); once the buffer is full, the
+training thread waits, so memory stays bounded. A write that finds the lease gone (another worker resumed the
+job) stops everything.
 Nothing is lost on a kill: a resumed run replays from its latest written checkpoint.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import threading
@@ -18,13 +22,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Update, bindparam, func, select, update
 from sqlalchemy.orm import Session, load_only
 
 from service.checkpoints import record_checkpoint
 from service.db import is_transient, session_scope
 from service.metrics import record_points
-from service.models import Job, MetricPoint
+from service.models import Checkpoint, Job, MetricPoint
 from service.spec import JobSpec
 from worker.engine import CheckpointBlob, Point, Progress
 from worker.observability import SAMPLES_PER_SECOND, STEPS
@@ -45,10 +49,19 @@ class LeaseLost(RuntimeError):
 def update_owned(session: Session, job_id: str, owner: str, **values: Any) -> None:
     """Write columns of a job we hold the lease of, without loading the row (its spec and report are large).
     A Core update on the session's connection: the ORM's bulk-update bookkeeping cost more than the round trip."""
-    result = session.connection().execute(
-        update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(**values))
+    parameters = {"owned_id": job_id, "owned_by": owner, **{f"set_{k}": v for k, v in values.items()}}
+    result = session.connection().execute(_owned_update(tuple(values)), parameters)
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise LeaseLost(job_id)
+
+
+@functools.cache
+def _owned_update(columns: tuple[str, ...]) -> Update:
+    """update_owned's statement for these columns, built once: building and keying a new one for every progress
+    write cost the writer thread more than executing it."""
+    table = Job.__table__
+    return update(Job).where(Job.id == bindparam("owned_id"), Job.lease_owner == bindparam("owned_by")).values(
+        {name: bindparam(f"set_{name}", type_=table.c[name].type) for name in columns})
 
 
 def owned_job(session: Session, job_id: str, owner: str, *, only: Sequence[Any] = ()) -> Job:
@@ -125,10 +138,12 @@ class BackgroundWriter(threading.Thread):
                     self._cond.wait()
                 if not self._items:
                     return
-                write, size, what = self._items.popleft()
+                batch = list(self._items)
+                self._items.clear()
                 self._busy = True
             try:
-                write_until_done(write, what=what)
+                write_until_done(lambda session, is_retry: _apply(batch, session, is_retry),
+                                 what="+".join(dict.fromkeys(what for _, _, what in batch)))
             except BaseException as exc:  # LeaseLost, or a bug: hand it to the training thread
                 with self._cond:
                     self._error = exc
@@ -137,13 +152,23 @@ class BackgroundWriter(threading.Thread):
                     self._cond.notify_all()
                 return
             with self._cond:
-                self._buffered -= size
+                self._buffered -= sum(size for _, size, _ in batch)
                 self._busy = False
                 self._cond.notify_all()
 
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
+
+
+def _apply(batch: list[tuple[Write, int, str]], session: Session, is_retry: bool) -> None:
+    """The writes in the order they were submitted, in the caller's one transaction. Each write's ORM changes are
+    flushed before the next runs and the session forgets what it loaded, so a later Core update (progress) is never
+    overwritten at commit by an earlier write's pending change, nor read stale by a later one."""
+    for write, _, _ in batch:
+        write(session, is_retry)
+        session.flush()
+        session.expire_all()
 
 
 class JobRecorder:
@@ -191,8 +216,14 @@ class JobRecorder:
         policy = self.spec.training.checkpoint
         job_id, owner = self.job_id, self.owner
 
-        def write(session: Session, _retry: bool) -> None:
+        def write(session: Session, is_retry: bool) -> None:
             job = owned_job(session, job_id, owner, only=CHECKPOINT_COLUMNS)
+            # As for points: an attempt that committed without us hearing has stored this checkpoint already (a
+            # run writes one checkpoint with state, and at most one best-weights one without, per step).
+            has_state = func.length(Checkpoint.state) > 0 if blob.state else func.length(Checkpoint.state) == 0
+            if is_retry and session.scalar(select(Checkpoint.id).where(
+                    Checkpoint.job_id == job_id, Checkpoint.step == blob.step, has_state)) is not None:
+                return
             record_checkpoint(session, job=job, step=blob.step, epoch=blob.epoch, metric=blob.monitor,
                               value=blob.monitor_value, weights=blob.weights, state=blob.state,
                               is_final=blob.is_final, keep_last=policy.keep_last, keep_best=policy.keep_best,

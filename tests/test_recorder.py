@@ -1,0 +1,150 @@
+"""The worker's background writer (worker.recorder) against a real SQLite database: what fit() reports while the
+writer is busy goes in one transaction, in order, and a write retried after a commit nobody heard stores nothing
+twice."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.orm import Session
+
+from service import db
+from service.migrate import migrate_to_head
+from service.models import Checkpoint, Job, MetricPoint, MetricSeries, utcnow
+from service.settings import Settings
+from service.spec import JobSpec
+from worker.engine import CheckpointBlob, Point, Progress
+from worker.recorder import BackgroundWriter, JobRecorder
+
+OWNER = "worker-1"
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+SPEC = JobSpec.model_validate({
+    "model": {"layers": [{"type": "Linear", "in_features": 4, "out_features": 1}]},
+    "loss": {"type": "MSELoss"}, "optimizer": {"type": "SGD", "lr": 0.1},
+    "training": {"epochs": 3, "checkpoint": {"every_epochs": 1, "keep_last": 5}},
+    "data": {"source": "synthetic", "kind": "randn", "n_samples": 16, "n_features": 4, "n_targets": 1},
+})
+
+
+@pytest.fixture()
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """service.db (which the writer writes through) on a migrated SQLite file of this test's own."""
+    url = f"sqlite:///{tmp_path / 'writer.db'}"
+    migrate_to_head(url)
+    db.configure(Settings(database_url=url, home=tmp_path))
+    try:
+        yield db.get_engine()
+    finally:
+        db.get_engine().dispose()
+        db.reset()
+
+
+@pytest.fixture()
+def job_id(engine: Engine) -> str:
+    with Session(engine) as session, session.begin():
+        job = Job(tenant="t", name="writer", status="running", spec=SPEC.model_dump(mode="json"), report={},
+                  data_info={}, last_metrics={}, lease_owner=OWNER, lease_expires_at=utcnow() + timedelta(hours=1))
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def commits(engine: Engine) -> list[int]:
+    """A list that grows by one at each commit on `engine`."""
+    seen: list[int] = []
+    event.listen(engine, "commit", lambda conn: seen.append(1))
+    return seen
+
+
+def points(epoch: int, steps: range) -> list[Point]:
+    return [Point(name, step, epoch, 1.0 / step, T0 + timedelta(seconds=step)) for step in steps
+            for name in ("train_loss", "lr")]
+
+
+def blob(epoch: int, step: int) -> CheckpointBlob:
+    return CheckpointBlob(step=step, epoch=epoch, weights=b"w%d" % step, state=b"s%d" % step, metrics={},
+                          monitor="train_loss", monitor_value=1.0 / step, is_final=False)
+
+
+def stored(engine: Engine, job_id: str) -> dict[str, Any]:
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return {
+            "epoch_step": (job.epoch, job.step),
+            "checkpoints": sorted((step, epoch) for step, epoch in session.execute(
+                select(Checkpoint.step, Checkpoint.epoch).where(Checkpoint.job_id == job_id))),
+            "latest": session.scalar(select(Checkpoint.step).where(Checkpoint.id == job.latest_checkpoint_id)),
+            "points": session.scalar(select(func.count()).select_from(MetricPoint).where(MetricPoint.job_id == job_id)),
+            "series": {name: count for name, count in session.execute(
+                select(MetricSeries.name, MetricSeries.count).where(MetricSeries.job_id == job_id))},
+        }
+
+
+def test_writes_queued_while_the_writer_is_busy_go_in_one_transaction_in_order(engine: Engine, job_id: str) -> None:
+    writer = BackgroundWriter(job_id=job_id, max_bytes=1 << 20)
+    recorder = JobRecorder(job_id=job_id, owner=OWNER, spec=SPEC, writer=writer)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(session: Session, is_retry: bool) -> None:
+        busy.set()
+        assert release.wait(30)
+
+    writer.start()
+    writer.submit(hold, size=1, what="hold")
+    assert busy.wait(30)
+    seen = commits(engine)
+    # An epoch's end (points, progress, its checkpoint), then the next epoch's first points and progress: the
+    # progress written after the checkpoint must be what the job row says at the end.
+    recorder.points(points(1, range(1, 5)))
+    recorder.progress(Progress(1, 3, 4, 12, 1.0))
+    recorder.checkpoint(blob(1, 4))
+    recorder.points(points(2, range(5, 7)))
+    recorder.progress(Progress(2, 3, 6, 12, 1.5))
+    release.set()
+    writer.flush()
+    writer.close()
+    assert len(seen) == 1  # the hold wrote nothing; the five writes, one commit
+    assert stored(engine, job_id) == {"epoch_step": (2, 6), "checkpoints": [(4, 1)], "latest": 4, "points": 12,
+                                      "series": {"train_loss": 6, "lr": 6}}
+
+
+def test_a_write_retried_after_a_commit_nobody_heard_stores_nothing_twice(
+        engine: Engine, job_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection drops as the commit's answer is on its way: the writer retries the whole transaction,
+    and the points and checkpoint it finds already stored are not written again."""
+    writer = BackgroundWriter(job_id=job_id, max_bytes=1 << 20)
+    recorder = JobRecorder(job_id=job_id, owner=OWNER, spec=SPEC, writer=writer)
+    busy, release = threading.Event(), threading.Event()
+    commit, lost = engine.dialect.do_commit, []
+
+    def hold(session: Session, is_retry: bool) -> None:
+        busy.set()
+        assert release.wait(30)
+
+    def commit_then_lose_the_answer(dbapi_connection: Any) -> None:
+        commit(dbapi_connection)
+        if not lost:
+            lost.append(1)
+            raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(engine.dialect, "do_commit", commit_then_lose_the_answer)
+    writer.start()
+    writer.submit(hold, size=1, what="hold")  # wrote nothing: no commit
+    assert busy.wait(30)
+    recorder.points(points(1, range(1, 5)))
+    recorder.progress(Progress(1, 3, 4, 12, 1.0))
+    recorder.checkpoint(blob(1, 4))
+    release.set()
+    writer.flush()
+    writer.close()
+    assert lost == [1]
+    assert stored(engine, job_id) == {"epoch_step": (1, 4), "checkpoints": [(4, 1)], "latest": 4, "points": 8,
+                                      "series": {"train_loss": 4, "lr": 4}}
