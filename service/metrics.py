@@ -27,17 +27,18 @@ _COLUMNS = "job_id, name, step, epoch, value, time"
 def record_points(session: Session, *, job_id: str, points: Sequence[dict[str, Any]]) -> None:
     """points: dicts with name, step, epoch, value, time; written in the session's transaction.
 
-    Through the driver's fastest path rather than an ORM or Core insert, which build and process a parameter
-    dict per row: COPY on PostgreSQL (about twice the rows/s of an INSERT at every batch size the worker sends,
-    2 to 20,000 rows), one executemany on SQLite (about 40 % more rows/s).
+    One statement whose rows travel as one JSON parameter the database unpacks, rather than an ORM or Core insert
+    (a parameter dict built and processed per row) or the drivers' own bulk paths (COPY, executemany), which
+    still handle each row in Python. The worker's writer thread calls this while training runs in the same
+    process: Python work here holds the GIL the training thread waits for, work inside the database does not.
     """
     if not points:
         return
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        _copy_points(connection, job_id, points)
+        _insert_points_postgresql(connection, job_id, points)
     else:
-        _insert_points(connection, job_id, points)
+        _insert_points_sqlite(connection, job_id, points)
     _count_series(session, job_id, points)
 
 
@@ -91,7 +92,7 @@ def _stride(before: list[int], stride: int | None, steps: list[int]) -> int | No
     return stride
 
 
-def _copy_points(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
+def _insert_points_postgresql(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
     # One statement whose one parameter is the batch as JSON, unpacked by the server (json_to_recordset): orjson
     # encodes the points' dicts, datetimes included, in C, where COPY formatted each row in Python with the writer
     # thread holding the GIL the training thread waits for. The server parses each field as its column's type
@@ -108,7 +109,7 @@ FROM json_to_recordset(%s::json) AS p(name text, step integer, epoch integer, va
                                       time timestamptz)"""
 
 
-def _insert_points(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
+def _insert_points_sqlite(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
     # One statement for the whole batch: the rows travel as one JSON array that SQLite unpacks itself (json_each),
     # so the writer thread holds the GIL for a list and an orjson call instead of binding six parameters a row
     # (the GIL is released while SQLite works, and the training thread is the one waiting for it). Times travel as

@@ -1,5 +1,5 @@
-"""The metric store on SQLite and PostgreSQL: points written by record_points (COPY on PostgreSQL) read back
-unchanged, and downsampling done in SQL gives exactly what the Python `downsample()` gives."""
+"""The metric store on SQLite and PostgreSQL: points written by record_points (a JSON batch the database
+unpacks) read back unchanged, and downsampling done in SQL gives exactly what the Python `downsample()` gives."""
 
 from __future__ import annotations
 
