@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Connection, delete, func, insert, select
 from sqlalchemy.orm import Session, defer
 
 from service.errors import CheckpointNotFound, CorruptCheckpoint, StateConflict
@@ -28,35 +29,47 @@ def _better(value: float | None, than: float | None, mode: Literal["min", "max"]
     return value < than if mode == "min" else value > than
 
 
-def record_checkpoint(session: Session, *, job: Job, step: int, epoch: int, metric: str, value: float | None,
-                      weights: bytes, state: bytes, is_final: bool, keep_last: int, keep_best: bool,
-                      mode: Literal["min", "max"]) -> str:
-    """Store a checkpoint of `job`, point the job's latest (when it has state) and best at it as they now are,
-    and apply retention; returns its id. The job row's columns are set on `job` (the caller's flush writes them).
+@dataclass
+class CheckpointPointers:
+    """A job's id and the two checkpoint columns record_checkpoint moves, without the rest of its row."""
 
-    Core statements, not the ORM's unit of work: the worker's writer thread runs this at every checkpoint, on the
-    training process's GIL, and the ORM's bookkeeping for one blob row cost more than the statements."""
+    id: str
+    best_checkpoint_id: str | None
+    latest_checkpoint_id: str | None
+
+
+def record_checkpoint(session: Session, *, job: Job | CheckpointPointers, step: int, epoch: int, metric: str,
+                      value: float | None, weights: bytes, state: bytes, is_final: bool, keep_last: int,
+                      keep_best: bool, mode: Literal["min", "max"]) -> str:
+    """Store a checkpoint of `job`, point the job's latest (when it has state) and best at it as they now are,
+    and apply retention; returns its id. The new pointers are set on `job`: an ORM Job's flush writes them, the
+    worker writes a CheckpointPointers' back itself (with its lease check).
+
+    Core statements on the session's connection, not the ORM: the worker's writer thread runs this at every
+    checkpoint, holding the GIL that training waits for, and the ORM's bookkeeping cost more than the statements."""
+    connection = session.connection()
     ckpt_id = new_id()
-    session.execute(insert(Checkpoint).values(
+    connection.execute(insert(Checkpoint).values(
         id=ckpt_id, job_id=job.id, step=step, epoch=epoch, metric=metric, value=value, is_final=is_final,
         weights=weights, weights_sha256=sha256(weights), state=state, state_sha256=sha256(state),
         size_bytes=len(weights) + len(state), created_at=utcnow()))
     if state:  # a best-weights checkpoint (an earlier epoch's weights, no state) is never the one to resume from
         job.latest_checkpoint_id = ckpt_id
-    best = session.execute(select(Checkpoint.value).where(Checkpoint.id == job.best_checkpoint_id)).first() \
+    best = connection.execute(select(Checkpoint.value).where(Checkpoint.id == job.best_checkpoint_id)).first() \
         if job.best_checkpoint_id else None
     if best is None or _better(value, best.value, mode) or (best.value is None and value is None):
         job.best_checkpoint_id = ckpt_id
-    _apply_retention(session, job=job, keep_last=keep_last, keep_best=keep_best)
+    _apply_retention(connection, job=job, keep_last=keep_last, keep_best=keep_best)
     return ckpt_id
 
 
-def _apply_retention(session: Session, *, job: Job, keep_last: int, keep_best: bool) -> None:
+def _apply_retention(connection: Connection, *, job: Job | CheckpointPointers, keep_last: int,
+                     keep_best: bool) -> None:
     # keep_last counts checkpoints a run can resume from; a best-weights checkpoint (no state) stays only while
     # it is the best (keep_best) or a model version pins it. A checkpoint a model version pins (service.registry)
     # is never removed.
     pinned = select(ModelVersion.id).where(ModelVersion.checkpoint_id == Checkpoint.id).exists()
-    rows = session.execute(
+    rows = connection.execute(
         select(Checkpoint.id, func.length(Checkpoint.state) > 0, pinned).where(Checkpoint.job_id == job.id)
         .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())
     ).all()
@@ -66,7 +79,7 @@ def _apply_retention(session: Session, *, job: Job, keep_last: int, keep_best: b
     keep |= {ckpt_id for ckpt_id, _, is_pinned in rows if is_pinned}
     drop = [ckpt_id for ckpt_id, _, _ in rows if ckpt_id not in keep]
     if drop:
-        session.execute(delete(Checkpoint).where(Checkpoint.id.in_(drop)))
+        connection.execute(delete(Checkpoint).where(Checkpoint.id.in_(drop)))
     if not keep_best and job.best_checkpoint_id in drop:
         job.best_checkpoint_id = job.latest_checkpoint_id
 

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Update, bindparam, func, select, update
 from sqlalchemy.orm import Session, load_only
 
-from service.checkpoints import record_checkpoint
+from service.checkpoints import CheckpointPointers, record_checkpoint
 from service.db import is_transient, session_scope
 from service.metrics import record_points
 from service.models import Checkpoint, Job, MetricPoint
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 Write = Callable[[Session, bool], None]  # (session, is_retry)
 POINT_BYTES = 200  # a buffered point's rough footprint, for the byte budget
 MAX_RETRY_DELAY = 5.0
-# What a checkpoint write reads and moves on the job row.
-CHECKPOINT_COLUMNS = (Job.lease_owner, Job.best_checkpoint_id, Job.latest_checkpoint_id, Job.epoch, Job.step)
+# What a checkpoint write reads of the job row: the checkpoints it points at, if we still hold its lease.
+_POINTERS = select(Job.best_checkpoint_id, Job.latest_checkpoint_id).where(
+    Job.id == bindparam("owned_id"), Job.lease_owner == bindparam("owned_by"))
 
 
 class LeaseLost(RuntimeError):
@@ -217,18 +218,24 @@ class JobRecorder:
         job_id, owner = self.job_id, self.owner
 
         def write(session: Session, is_retry: bool) -> None:
-            job = owned_job(session, job_id, owner, only=CHECKPOINT_COLUMNS)
+            row = session.connection().execute(_POINTERS, {"owned_id": job_id, "owned_by": owner}).first()
+            if row is None:
+                raise LeaseLost(job_id)
             # As for points: an attempt that committed without us hearing has stored this checkpoint already (a
             # run writes one checkpoint with state, and at most one best-weights one without, per step).
             has_state = func.length(Checkpoint.state) > 0 if blob.state else func.length(Checkpoint.state) == 0
             if is_retry and session.scalar(select(Checkpoint.id).where(
                     Checkpoint.job_id == job_id, Checkpoint.step == blob.step, has_state)) is not None:
                 return
+            job = CheckpointPointers(job_id, *row)
             record_checkpoint(session, job=job, step=blob.step, epoch=blob.epoch, metric=blob.monitor,
                               value=blob.monitor_value, weights=blob.weights, state=blob.state,
                               is_final=blob.is_final, keep_last=policy.keep_last, keep_best=policy.keep_best,
                               mode=policy.mode)
+            moved: dict[str, Any] = {"best_checkpoint_id": job.best_checkpoint_id,
+                                     "latest_checkpoint_id": job.latest_checkpoint_id}
             if blob.state:  # a best-weights checkpoint is an earlier epoch's: progress does not move back
-                job.epoch, job.step = blob.epoch, blob.step
+                moved.update(epoch=blob.epoch, step=blob.step)
+            update_owned(session, job_id, owner, **moved)
 
         self.writer.submit(write, size=len(blob.weights) + len(blob.state), what="checkpoint")
