@@ -29,7 +29,9 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_app_settings(request: Request) -> Settings:
+# The two below do no I/O, so they are `async def`: FastAPI runs a plain `def` dependency on its thread pool,
+# a thread hop (and back) per dependency per request.
+async def get_app_settings(request: Request) -> Settings:
     """The settings the app was built with (create_app's argument), never the environment's."""
     return request.app.state.settings  # type: ignore[no-any-return]
 
@@ -39,7 +41,7 @@ def get_app_settings(request: Request) -> Settings:
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer KEY`")
 
 
-def get_tenant(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> str:
+async def get_tenant(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> str:
     tenant = getattr(request.state, "tenant", None)
     if tenant is None:  # only if a route was left out of the middleware's public list by mistake
         raise Unauthorized("missing API key: send 'Authorization: Bearer KEY'")
