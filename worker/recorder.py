@@ -163,9 +163,10 @@ class BackgroundWriter(threading.Thread):
 
 
 def _apply(batch: list[tuple[Write, int, str]], session: Session, is_retry: bool) -> None:
-    """The writes in the order they were submitted, in the caller's one transaction. Each write's ORM changes are
-    flushed before the next runs and the session forgets what it loaded, so a later Core update (progress) is never
-    overwritten at commit by an earlier write's pending change, nor read stale by a later one."""
+    """The writes in the order they were submitted, in the caller's one transaction. They are Core statements;
+    should one use the ORM, its changes are flushed before the next write runs and the session forgets what it
+    loaded, so a later Core update (progress) is never overwritten at commit by an earlier write's pending change,
+    nor read stale by a later one."""
     for write, _, _ in batch:
         write(session, is_retry)
         session.flush()
