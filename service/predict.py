@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import Strict, ValidationError
 from sqlalchemy.orm import Session
 
-from service.auth import SingleFlight
+from service.singleflight import SingleFlight
 from service.checkpoint_format import read_weights
 from service.checkpoints import load_weights_verified, resolve_checkpoint_id
 from service.datainfo import DataInfo
