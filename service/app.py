@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Authentication, predict_cache_seconds=settings.predict_cache_seconds)  # type: ignore[arg-type]
     app.add_middleware(RequestTelemetry)  # type: ignore[arg-type]
     install_collector(settings)
+    predict_route.install(app)
     for router in ROUTERS:
         app.include_router(router)
     document_schemas(app, predict_route.SCHEMAS)
