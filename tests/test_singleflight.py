@@ -37,13 +37,17 @@ class Remembered:
 def test_requests_in_flight_share_one_lookup() -> None:
     async def main() -> None:
         remembered = Remembered()
+        arrived: list[int] = []
         answers: list[str] = []
+
+        async def request() -> None:
+            arrived.append(1)  # and, without yielding, on into get() up to its first await
+            answers.append(await remembered.get("k"))
+
         async with anyio.create_task_group() as group:
             for _ in range(16):
-                group.start_soon(lambda: _append(answers, remembered.get("k")))
-            await _until(lambda: len(remembered.lookups) == 1)
-            await anyio.sleep(0.01)  # every request is parked by now; none started a lookup of its own
-            assert remembered.lookups == ["k"]
+                group.start_soon(request)
+            await _until(lambda: len(arrived) == 16)  # every request is parked: leading the lookup or waiting
             remembered.release.set()
         assert remembered.lookups == ["k"] and answers == ["tenant-a:k"] * 16
 
@@ -82,10 +86,6 @@ def test_other_keys_do_not_wait() -> None:
         assert await flight.wait("k") is False  # the lead ended: nothing to wait for
 
     anyio.run(main)
-
-
-async def _append(answers: list[str], get: Any) -> None:
-    answers.append(await get)
 
 
 async def _until(condition: Any, timeout: float = 10.0) -> None:
