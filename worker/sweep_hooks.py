@@ -46,10 +46,12 @@ class PruneWatch:
                 return
 
 
-def watch_pruning(job_id: str, on_points: OnPoints, *, writer: BackgroundWriter,
+def watch_pruning(job_id: str, on_points: OnPoints, *, writer: BackgroundWriter, sweep_id: str | None,
                   stop: Callable[[], None]) -> OnPoints:
-    """on_points itself, or wrapped in a PruneWatch when the job is a trial of a sweep with a pruner."""
-    if write_until_done(lambda s, _retry: sweeps.pruning_metric(s, job_id=job_id), what="pruner") is None:
+    """on_points itself, or wrapped in a PruneWatch when the job is a trial of a sweep with a pruner (a job of no
+    sweep is known from its claimed row: no query)."""
+    if sweep_id is None or write_until_done(
+            lambda s, _retry: sweeps.pruning_metric(s, job_id=job_id), what="pruner") is None:
         return on_points
     return PruneWatch(job_id=job_id, on_points=on_points, writer=writer, stop=stop)
 

@@ -48,6 +48,8 @@ class Claim:
     data_info: dict[str, Any]
     attempts: int
     last_metrics: dict[str, float]
+    fresh: bool  # never claimed before: no checkpoint to resume from, no points to replace
+    sweep_id: str | None
 
 
 def claim_job(session: Session, *, job_id: str, owner: str, settings: Settings) -> Claim | None:
@@ -76,10 +78,13 @@ def claim_job(session: Session, *, job_id: str, owner: str, settings: Settings) 
     job.lease_owner = owner
     job.lease_expires_at = now + timedelta(seconds=settings.lease_seconds)
     job.heartbeat_at = now
+    # started_at is set by a job's first claim and never cleared (a hand-back keeps it, and gives its attempt back).
+    fresh = job.started_at is None
     job.started_at = job.started_at or now
     job.error = None
     return Claim(job_id=job.id, tenant=job.tenant, spec=dict(job.spec), data_info=dict(job.data_info),
-                 attempts=job.attempts, last_metrics=dict(job.last_metrics or {}))
+                 attempts=job.attempts, last_metrics=dict(job.last_metrics or {}), fresh=fresh,
+                 sweep_id=job.sweep_id)
 
 
 def _aware(value: Any) -> Any:
@@ -261,13 +266,15 @@ def _train(claim: Claim, *, owner: str, heartbeat: Heartbeat, writer: Background
         return write_until_done(lambda s, _r: load_table(s, tenant=claim.tenant, dataset_id=dataset_id),
                                 what="load dataset")
 
-    resume, resume_step = _prepare_resume(job_id, owner)
+    # A fresh job starts from nothing: no transaction to find that out (two of them, a few ms of a short job).
+    resume, resume_step = (None, 0) if claim.fresh else _prepare_resume(job_id, owner)
     warm = WarmStart.prepare(job_id, spec, resume=resume)  # init_from: source weights, statistics, frozen layers
     data = warm.load_data(spec, dataset_loader=dataset_loader)
     model = warm.apply(build_model(spec, info.input_shape))
     recorder = JobRecorder(job_id=job_id, owner=owner, spec=spec, writer=writer, start_step=resume_step,
                            last_metrics=claim.last_metrics)
-    on_points = sweep_hooks.watch_pruning(job_id, recorder.points, writer=writer, stop=lambda: heartbeat._stop("pruned"))
+    on_points = sweep_hooks.watch_pruning(job_id, recorder.points, writer=writer, sweep_id=claim.sweep_id,
+                                          stop=lambda: heartbeat._stop("pruned"))
     return fit(model, spec, data, device=resolve_device(spec.training.device),
                on_points=on_points, on_checkpoint=recorder.checkpoint, on_progress=recorder.progress,
                should_stop=heartbeat.stop_training.is_set, resume=resume, init_optimizer=warm.init_optimizer,
