@@ -19,11 +19,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Update, bindparam, func, select, update
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session
 
 from service.checkpoints import CheckpointPointers, record_checkpoint
 from service.db import is_transient, session_scope
@@ -35,7 +35,9 @@ from worker.observability import SAMPLES_PER_SECOND, STEPS
 
 log = logging.getLogger(__name__)
 
-Write = Callable[[Session, bool], None]  # (session, is_retry)
+# (session, is_retry). Core statements on the session's connection only, no ORM objects: several writes share one
+# transaction (see _apply), and an ORM change pending until the commit would land after a later write's update.
+Write = Callable[[Session, bool], None]
 POINT_BYTES = 200  # a buffered point's rough footprint, for the byte budget
 MAX_RETRY_DELAY = 5.0
 # What a checkpoint write reads of the job row: the checkpoints it points at, if we still hold its lease.
@@ -65,9 +67,9 @@ def _owned_update(columns: tuple[str, ...]) -> Update:
         {name: bindparam(f"set_{name}", type_=table.c[name].type) for name in columns})
 
 
-def owned_job(session: Session, job_id: str, owner: str, *, only: Sequence[Any] = ()) -> Job:
-    """The job we hold the lease of (LeaseLost otherwise); `only` loads just those columns (not the spec)."""
-    job = session.get(Job, job_id, options=[load_only(*only)] if only else None)
+def owned_job(session: Session, job_id: str, owner: str) -> Job:
+    """The job we hold the lease of (LeaseLost otherwise)."""
+    job = session.get(Job, job_id)
     if job is None or job.lease_owner != owner:
         raise LeaseLost(job_id)
     return job
@@ -163,14 +165,9 @@ class BackgroundWriter(threading.Thread):
 
 
 def _apply(batch: list[tuple[Write, int, str]], session: Session, is_retry: bool) -> None:
-    """The writes in the order they were submitted, in the caller's one transaction. They are Core statements;
-    should one use the ORM, its changes are flushed before the next write runs and the session forgets what it
-    loaded, so a later Core update (progress) is never overwritten at commit by an earlier write's pending change,
-    nor read stale by a later one."""
+    """The writes in the order they were submitted, in the caller's one transaction."""
     for write, _, _ in batch:
         write(session, is_retry)
-        session.flush()
-        session.expire_all()
 
 
 class JobRecorder:
@@ -224,9 +221,7 @@ class JobRecorder:
                 raise LeaseLost(job_id)
             # As for points: an attempt that committed without us hearing has stored this checkpoint already (a
             # run writes one checkpoint with state, and at most one best-weights one without, per step).
-            has_state = func.length(Checkpoint.state) > 0 if blob.state else func.length(Checkpoint.state) == 0
-            if is_retry and session.scalar(select(Checkpoint.id).where(
-                    Checkpoint.job_id == job_id, Checkpoint.step == blob.step, has_state)) is not None:
+            if is_retry and _stored(session, job_id, step=blob.step, with_state=bool(blob.state)):
                 return
             job = CheckpointPointers(job_id, *row)
             record_checkpoint(session, job=job, step=blob.step, epoch=blob.epoch, metric=blob.monitor,
@@ -240,3 +235,10 @@ class JobRecorder:
             update_owned(session, job_id, owner, **moved)
 
         self.writer.submit(write, size=len(blob.weights) + len(blob.state), what="checkpoint")
+
+
+def _stored(session: Session, job_id: str, *, step: int, with_state: bool) -> bool:
+    """Whether the job has a checkpoint at `step` with (or, a best-weights one, without) training state."""
+    length = func.length(Checkpoint.state)
+    return session.scalar(select(Checkpoint.id).where(
+        Checkpoint.job_id == job_id, Checkpoint.step == step, length > 0 if with_state else length == 0)) is not None
