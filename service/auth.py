@@ -14,11 +14,11 @@ import json
 import logging
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.db import is_transient, session_scope
+from service.db import is_transient, lone_read
 from service.errors import NotFound, ServiceError, Unauthorized, error_body
 from service.models import ApiKey, utcnow
 from service.singleflight import SingleFlight
@@ -53,13 +53,17 @@ def key_digest(authorization: str | None) -> str:
     return hash_key(key.strip())
 
 
-def tenant_of(session: Session, digest: str) -> str:
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+_KEY_LOOKUP = select(ApiKey.tenant, ApiKey.key_hash, ApiKey.revoked_at).where(
+    ApiKey.key_hash == bindparam("digest"))
+
+
+def tenant_of(conn: Connection | Session, digest: str) -> str:
+    row = conn.execute(_KEY_LOOKUP, {"digest": digest}).first()
     # The lookup is by hash, so timing reveals nothing about the key; compare_digest keeps the final check
     # constant-time as well.
     if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
         raise Unauthorized("invalid or revoked API key")
-    return row.tenant
+    return str(row.tenant)
 
 
 def authenticate(session: Session, *, authorization: str | None) -> str:
@@ -121,8 +125,8 @@ async def authenticate_recent(authorization: str | None, *, ttl: float) -> str:
 
 
 def _tenant_in_database(digest: str) -> str:
-    with session_scope(read_only=True) as session:
-        return tenant_of(session, digest)
+    with lone_read() as conn:
+        return tenant_of(conn, digest)
 
 
 # Everything else needs a key: the dashboard's page and assets, the probes, the scrape and the API's own

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -109,6 +109,21 @@ def session_scope(*, read_only: bool = False) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def lone_read() -> Iterator[Connection]:
+    """A connection for one read statement that needs no transaction around it (a key lookup on every request).
+
+    On PostgreSQL it runs in autocommit: no BEGIN and COMMIT round trips around the statement. SQLite (in-process,
+    no round trips) reads in a read-only transaction as the read sessions do."""
+    engine = get_engine()
+    if engine.dialect.name == "sqlite":
+        with engine.execution_options(**{READ_ONLY_OPTION: True}).connect() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def is_transient(exc: BaseException) -> bool:

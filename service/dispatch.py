@@ -43,9 +43,7 @@ def submit_and_send(session: Session, *, tenant: str, spec: JobSpec, idempotency
     the API dies between the commit and the send, the reaper's unclaimed-job rule sends it after a lease.)
     The answer's waiting reason comes from `queue_view` (a recent view, no read) when given."""
     job, created = jobs.submit_job(session, tenant=tenant, spec=spec, idempotency_key=idempotency_key,
-                                   settings=settings)
-    if created:
-        job.enqueued_at = utcnow()
+                                   settings=settings, enqueued_at=utcnow())
     session.commit()
     if created:
         try:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -87,23 +87,28 @@ def _issues_detail(errors: list[dict[str, str]]) -> str:
 QUOTA_WINDOW = timedelta(minutes=1)
 
 
+# Built once: building and keying a statement costs more than running it, on the path of every submission.
+_QUOTA_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+_QUOTA_COUNTS = select(
+    select(func.count()).select_from(Job).where(Job.tenant == bindparam("tenant"),
+                                                Job.status.in_(("queued", "running"))).scalar_subquery(),
+    select(func.count()).select_from(Submission).where(Submission.tenant == bindparam("tenant"),
+                                                       Submission.created_at >= bindparam("since")).scalar_subquery(),
+)
+
+
 def _lock_tenant_quota(session: Session, *, tenant: str) -> None:
     # Count-then-insert must not interleave between two submissions of one tenant. SQLite's BEGIN IMMEDIATE
     # already serialises writers; PostgreSQL takes a lock per tenant, held until this transaction ends.
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": "trainserve.quota:" + tenant})
+        session.execute(_QUOTA_LOCK, {"key": "trainserve.quota:" + tenant})
 
 
 def _enforce_quotas(session: Session, *, tenant: str, settings: Settings) -> None:
     """Both per-tenant limits from one read (after the lock): the jobs queued or running, and the submissions of
     the last minute (older submission rows are only history; the reaper deletes them)."""
     _lock_tenant_quota(session, tenant=tenant)
-    active_jobs = select(func.count()).select_from(Job).where(Job.tenant == tenant,
-                                                              Job.status.in_(("queued", "running")))
-    recent_submissions = select(func.count()).select_from(Submission).where(
-        Submission.tenant == tenant, Submission.created_at >= utcnow() - QUOTA_WINDOW)
-    active, recent = session.execute(select(active_jobs.scalar_subquery(),
-                                            recent_submissions.scalar_subquery())).one()
+    active, recent = session.execute(_QUOTA_COUNTS, {"tenant": tenant, "since": utcnow() - QUOTA_WINDOW}).one()
     if active >= settings.max_running_jobs_per_tenant:
         raise QuotaExceeded(
             f"{active} jobs are queued or running, the limit is {settings.max_running_jobs_per_tenant}; "
@@ -121,10 +126,12 @@ def forget_old_submissions(session: Session) -> int:
 
 
 def submit_job(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: str | None,
-               settings: Settings, trial_of: tuple[str, int, dict[str, Any]] | None = None) -> tuple[Job, bool]:
+               settings: Settings, trial_of: tuple[str, int, dict[str, Any]] | None = None,
+               enqueued_at: datetime | None = None) -> tuple[Job, bool]:
     """Store a checked job as queued. Returns (job, created); the caller enqueues after commit when created.
 
-    trial_of = (sweep_id, number, trial) stores it as that sweep's trial (service.sweeps).
+    trial_of = (sweep_id, number, trial) stores it as that sweep's trial (service.sweeps). enqueued_at, when the
+    caller will send the job right after the commit, goes into the job's insert (no second write to mark it sent).
     """
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
@@ -144,6 +151,7 @@ def submit_job(session: Session, *, tenant: str, spec: JobSpec, idempotency_key:
         data_info=analysis.data.to_json(),
         queue=queue_for_device(spec.training.device),
         idempotency_key=idempotency_key,
+        enqueued_at=enqueued_at,
         total_steps=int(report.get("total_steps") or 0),
         epochs=int(spec.training.epochs or 0) or _epochs_from_report(report),
         last_metrics={},

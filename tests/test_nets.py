@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import tracemalloc
 from typing import Any
@@ -203,6 +204,13 @@ def test_to_json_has_the_validate_endpoint_shape() -> None:
     assert body["warnings"][0].keys() == {"loc", "msg"}
     assert body["layers"][0] == {"index": 0, "type": "Linear", "output_shape": [64], "params": 2112, "flops": 4096}
     assert body["input_shape"] == [32] and body["output_shape"] == [1]
+
+
+def test_to_json_holds_every_field_of_the_report() -> None:
+    # to_json is written out by hand (asdict deep-copies): a field added to SpecReport must reach the answer too.
+    for report in (check_spec(make_spec(SEED_LAYERS), info(looks_unnormalized=True)),
+                   errors_of(make_spec([{"type": "Linear", "in_features": 3, "out_features": 1}]))):
+        assert report.to_json() == dataclasses.asdict(report)
 
 
 def test_memory_estimate_grows_with_optimizer_state_and_batch() -> None:

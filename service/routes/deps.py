@@ -3,9 +3,10 @@ documented error answers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -16,17 +17,24 @@ from service.schemas import ErrorBody
 from service.settings import Settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One transaction per request: routes that write commit before they answer (and before enqueueing)."""
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One transaction per request: routes that write commit before they answer (and before enqueueing).
+
+    `async` because opening a session does no I/O (a connection is taken at its first statement): FastAPI runs a
+    plain generator's enter and exit on its thread pool, two thread hops per request. Only a transaction the
+    route left open is committed (or rolled back, on an error) on the thread pool."""
     session = (get_read_sessionmaker() if request.method in ("GET", "HEAD") else get_sessionmaker())()
     try:
         yield session
-        session.commit()
+        if session.in_transaction():
+            await anyio.to_thread.run_sync(session.commit)
     except BaseException:
-        session.rollback()
+        if session.in_transaction():
+            with anyio.CancelScope(shield=True):  # a cancelled request still hands its connection back clean
+                await anyio.to_thread.run_sync(session.rollback)
         raise
     finally:
-        session.close()
+        session.close()  # no transaction is left by now: no I/O
 
 
 # The two below do no I/O, so they are `async def`: FastAPI runs a plain `def` dependency on its thread pool,
