@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from service import localstack
+from service.db import make_engine
+from service.migrate import migrate_to_head
+from service.settings import Settings
 from service.localstack import LiveServer, free_port, stop_server
 
 __all__ = ["LiveServer", "free_port", "stop_server", "start_server", "create_pg_database", "drop_pg_database"]
@@ -65,6 +69,26 @@ def require_service(what: str, check: Any) -> None:
         if IN_CI:
             pytest.fail(f"{message}; under CI=true the PostgreSQL/Redis tests must run")
         pytest.skip(f"{message}; set CI=true to make this a failure")
+
+
+def migrated_sessions(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                      name: str) -> Iterator[sessionmaker[Session]]:
+    """For a fixture parametrized over "sqlite" and "postgres": sessions on a migrated database of its own (on
+    PostgreSQL one created for it, so no live server's database sees its rows), dropped afterwards."""
+    home = tmp_path_factory.mktemp(name)
+    if request.param == "postgres":
+        request.getfixturevalue("pg_url")  # fails under CI=true, skips elsewhere, when PostgreSQL is not there
+        url = create_pg_database()
+    else:
+        url = f"sqlite:///{home / (name + '.db')}"
+    migrate_to_head(url)
+    engine = make_engine(Settings(database_url=url, home=home))
+    try:
+        yield sessionmaker(bind=engine, expire_on_commit=False)
+    finally:
+        engine.dispose()
+        if request.param == "postgres":
+            drop_pg_database(url)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import make_engine
 from service.metrics import (
     downsample,
     drop_points_after,
@@ -22,10 +21,8 @@ from service.metrics import (
     read_points_page,
     record_points,
 )
-from service.migrate import migrate_to_head
 from service.models import Job, MetricSeries
-from service.settings import Settings
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.conftest import migrated_sessions
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -45,20 +42,7 @@ def _series_steps() -> dict[str, list[int]]:
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def sessions(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
-    home = tmp_path_factory.mktemp("metrics")
-    if request.param == "postgres":
-        request.getfixturevalue("pg_url")  # fails under CI=true, skips elsewhere, when PostgreSQL is not there
-        url = create_pg_database()  # a database of our own: the live servers' database must not see these jobs
-    else:
-        url = f"sqlite:///{home / 'metrics.db'}"
-    migrate_to_head(url)
-    engine = make_engine(Settings(database_url=url, home=home))
-    try:
-        yield sessionmaker(bind=engine, expire_on_commit=False)
-    finally:
-        engine.dispose()
-        if request.param == "postgres":
-            drop_pg_database(url)
+    yield from migrated_sessions(request, tmp_path_factory, "metrics")
 
 
 def _job_with_points(sessions: sessionmaker[Session], steps: dict[str, list[int]]) -> str:

@@ -10,35 +10,20 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import make_engine
 from service.errors import JobNotFound, QuotaExceeded
 from service.jobs import QUOTA_WINDOW, cancel_job, delete_job, forget_old_submissions, get_job_or_raise, list_jobs, \
     submit_job
-from service.migrate import migrate_to_head
 from service.models import Job, Submission, utcnow
 from service.settings import Settings
 from service.spec import SEED_EXAMPLE, JobSpec
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.conftest import migrated_sessions
 
 SPEC = JobSpec.model_validate(SEED_EXAMPLE)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def sessions(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
-    home = tmp_path_factory.mktemp("quotas")
-    if request.param == "postgres":
-        request.getfixturevalue("pg_url")  # fails under CI=true, skips elsewhere, when PostgreSQL is not there
-        url = create_pg_database()
-    else:
-        url = f"sqlite:///{home / 'quotas.db'}"
-    migrate_to_head(url)
-    engine = make_engine(Settings(database_url=url, home=home))
-    try:
-        yield sessionmaker(bind=engine, expire_on_commit=False)
-    finally:
-        engine.dispose()
-        if request.param == "postgres":
-            drop_pg_database(url)
+    yield from migrated_sessions(request, tmp_path_factory, "quotas")
 
 
 def _submit(sessions: sessionmaker[Session], settings: Settings, tenant: str = "t") -> str:

@@ -28,7 +28,7 @@ from service.migrate import migrate_to_head
 from service.models import ApiKey
 from service.settings import Settings
 from service.tabular import TableError, TableLimits, parse_table
-from tests.conftest import LiveServer, create_pg_database, drop_pg_database
+from tests.conftest import LiveServer, migrated_sessions
 
 SKLEARN_DATA = Path(sklearn.__file__).parent / "datasets" / "data"
 
@@ -162,20 +162,7 @@ def test_a_csv_with_carriage_return_line_ends_is_parsed() -> None:
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def sessions(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
-    home = tmp_path_factory.mktemp("uploads")
-    if request.param == "postgres":
-        request.getfixturevalue("pg_url")  # fails under CI=true, skips elsewhere, when PostgreSQL is not there
-        url = create_pg_database()
-    else:
-        url = f"sqlite:///{home / 'uploads.db'}"
-    migrate_to_head(url)
-    engine = make_engine(Settings(database_url=url, home=home))
-    try:
-        yield sessionmaker(bind=engine, expire_on_commit=False)
-    finally:
-        engine.dispose()
-        if request.param == "postgres":
-            drop_pg_database(url)
+    yield from migrated_sessions(request, tmp_path_factory, "uploads")
 
 
 def test_a_file_name_over_200_characters_is_a_422_not_a_database_error(sessions: sessionmaker[Session]) -> None:

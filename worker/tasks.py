@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, false, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -52,8 +52,37 @@ class Claim:
     sweep_id: str | None
 
 
+_NOW = bindparam("now", type_=Job.__table__.c.started_at.type)
+# The usual claim in one statement: a queued job, not cancelled, with attempts left. `fresh` reads the new row:
+# started_at equals this claim's time only where it was unset (the first claim sets it, nothing clears it).
+_CLAIM_QUEUED = (
+    update(Job)
+    .where(Job.id == bindparam("job_id"), Job.status == "queued", Job.cancel_requested == false(),
+           Job.attempts < bindparam("max_attempts"))
+    .values(status="running", attempts=Job.attempts + 1, lease_owner=bindparam("owner"),
+            lease_expires_at=bindparam("expires", type_=Job.__table__.c.lease_expires_at.type), heartbeat_at=_NOW,
+            started_at=func.coalesce(Job.started_at, _NOW), error=None)
+    .returning(Job.tenant, Job.spec, Job.data_info, Job.attempts, Job.last_metrics, Job.sweep_id,
+               (Job.started_at == _NOW).label("fresh"))
+)
+
+
 def claim_job(session: Session, *, job_id: str, owner: str, settings: Settings) -> Claim | None:
     """Take the job's lease, or return None when there is nothing to do (finished, cancelled, leased)."""
+    now = utcnow()
+    row = session.execute(_CLAIM_QUEUED, {"job_id": job_id, "max_attempts": settings.max_attempts, "owner": owner,
+                                          "expires": now + timedelta(seconds=settings.lease_seconds),
+                                          "now": now}).first()
+    if row is not None:
+        return Claim(job_id=job_id, tenant=row.tenant, spec=dict(row.spec), data_info=dict(row.data_info),
+                     attempts=row.attempts, last_metrics=dict(row.last_metrics or {}), fresh=bool(row.fresh),
+                     sweep_id=row.sweep_id)
+    return _claim_otherwise(session, job_id=job_id, owner=owner, settings=settings)
+
+
+def _claim_otherwise(session: Session, *, job_id: str, owner: str, settings: Settings) -> Claim | None:
+    """Every case but a plain queued job: a redelivery, a cancel, the last attempt spent, a missing or finished
+    job; read under a row lock, then decided."""
     job = session.get(Job, job_id, with_for_update=True)
     now = utcnow()
     if job is None:
