@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -92,6 +92,8 @@ _QUOTA_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
 _QUOTA_COUNTS = select(
     select(func.count()).select_from(Job).where(Job.tenant == bindparam("tenant"),
                                                 Job.status.in_(("queued", "running"))).scalar_subquery(),
+    select(func.count()).select_from(Job).where(Job.tenant == bindparam("tenant"),
+                                                Job.created_at >= bindparam("since")).scalar_subquery(),
     select(func.count()).select_from(Submission).where(Submission.tenant == bindparam("tenant"),
                                                        Submission.created_at >= bindparam("since")).scalar_subquery(),
 )
@@ -106,9 +108,12 @@ def _lock_tenant_quota(session: Session, *, tenant: str) -> None:
 
 def _enforce_quotas(session: Session, *, tenant: str, settings: Settings) -> None:
     """Both per-tenant limits from one read (after the lock): the jobs queued or running, and the submissions of
-    the last minute (older submission rows are only history; the reaper deletes them)."""
+    the last minute: the jobs created in it, and those of them deleted since (`delete_jobs` keeps a row for each;
+    older rows are only history, the reaper deletes them)."""
     _lock_tenant_quota(session, tenant=tenant)
-    active, recent = session.execute(_QUOTA_COUNTS, {"tenant": tenant, "since": utcnow() - QUOTA_WINDOW}).one()
+    active, created, deleted = session.execute(_QUOTA_COUNTS, {"tenant": tenant,
+                                                               "since": utcnow() - QUOTA_WINDOW}).one()
+    recent = created + deleted
     if active >= settings.max_running_jobs_per_tenant:
         raise QuotaExceeded(
             f"{active} jobs are queued or running, the limit is {settings.max_running_jobs_per_tenant}; "
@@ -161,7 +166,6 @@ def submit_job(session: Session, *, tenant: str, spec: JobSpec, idempotency_key:
     session.add(job)
     try:
         session.flush()
-        session.add(Submission(tenant=tenant, created_at=job.created_at))
     except IntegrityError:
         # Two submissions with the same key raced: the other one won, answer with its job.
         session.rollback()
@@ -239,8 +243,17 @@ def delete_job(session: Session, *, tenant: str, job_id: str) -> None:
     if registered:
         raise StateConflict(f"job {job_id} has registered model versions: {', '.join(registered)}; "
                             "a version pins its checkpoint, so the job cannot be deleted")
-    session.execute(delete(Job).where(Job.id == job.id))
+    delete_jobs(session, Job.id == job.id)
     log.info("job.deleted job_id=%s", job_id)
+
+
+def delete_jobs(session: Session, which: ColumnElement[bool]) -> None:
+    """Delete the jobs `which` selects (their metrics and checkpoints go with them). Those created within the quota
+    window leave a submission row behind, so deleting jobs cannot reset the per-minute count."""
+    session.execute(insert(Submission).from_select(
+        ["tenant", "created_at"],
+        select(Job.tenant, Job.created_at).where(which, Job.created_at >= utcnow() - QUOTA_WINDOW)))
+    session.execute(delete(Job).where(which))
 
 
 def _as_utc(value: datetime | None) -> datetime | None:

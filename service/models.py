@@ -51,8 +51,9 @@ class ApiKey(Base):
 
 
 class Submission(Base):
-    """One row per job a tenant submitted, kept for the per-minute submission quota: deleting the job does not
-    delete its submission, so deleting jobs cannot reset the count. Rows past the window are pruned."""
+    """A job deleted within the per-minute submission quota's window: the quota counts the jobs created in the
+    window plus these, so deleting jobs cannot reset the count (and a submission writes no row of its own). Rows
+    past the window are pruned."""
 
     __tablename__ = "submissions"
     __table_args__ = (Index("ix_submissions_tenant_created", "tenant", "created_at"),)

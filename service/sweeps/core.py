@@ -130,7 +130,7 @@ def delete_sweep(session: Session, *, tenant: str, sweep_id: str) -> None:
     if sweep.status == "running" or active:
         raise StateConflict(f"sweep {sweep_id} is {sweep.status} with {active} trials queued or running; "
                             "cancel it and let its trials stop before deleting it")
-    session.execute(delete(Job).where(Job.sweep_id == sweep.id))
+    jobs.delete_jobs(session, Job.sweep_id == sweep.id)
     session.execute(delete(Sweep).where(Sweep.id == sweep.id))
     log.info("sweep.deleted sweep_id=%s", sweep_id)
 
