@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, InvalidatePoolError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import Settings, get_settings
@@ -56,39 +56,7 @@ def make_engine(settings: Settings) -> Engine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    engine = create_engine(url, pool_size=5, max_overflow=10)
-    _ping_after_idle(engine)
-    return engine
-
-
-# A pooled connection used less than this long ago is handed out without a ping (HikariCP's "alive bypass window",
-# 500 ms by default): a ping is a round trip, and a busy API checks out two connections per request. One idle
-# longer is pinged first, so a database restarted, or a connection dropped, while it sat in the pool costs no
-# request. The trade: a connection dropped within this window fails the one statement that meets it, as a transient
-# error (503 with Retry-After in the API, a retried write in the worker), and the pool is refreshed.
-PING_AFTER_IDLE_S = 0.5
-
-
-def _ping_after_idle(engine: Engine) -> None:
-    dialect = engine.dialect
-
-    @event.listens_for(engine, "connect")
-    def _connected(dbapi_conn: Any, record: Any) -> None:
-        record.info["idle_since"] = time.monotonic()  # just proven alive
-
-    @event.listens_for(engine, "checkin")
-    def _checked_in(dbapi_conn: Any, record: Any) -> None:
-        record.info["idle_since"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        if time.monotonic() - record.info.get("idle_since", float("-inf")) < PING_AFTER_IDLE_S:
-            return
-        try:
-            dialect.do_ping(dbapi_conn)
-        except dialect.loaded_dbapi.Error as exc:
-            # Dropped or restarted: the pool replaces this connection and every one older than now.
-            raise InvalidatePoolError(f"ping failed: {exc.__class__.__name__}") from exc
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
 _configured: Settings | None = None
