@@ -184,6 +184,27 @@ def test_a_non_idempotent_call_is_not_retried_once_sent_but_a_refused_connect_is
     assert calls == ["/jobs/j1/cancel", "/jobs/j1/cancel"]  # one refused (retried), one sent (not retried)
 
 
+@pytest.mark.parametrize("kind", ["jobs", "sweeps"])
+def test_wait_polls_until_finished_and_a_timeout_names_what_is_still_going(kind: str) -> None:
+    answers = {"jobs": ["queued", "running", "succeeded"], "sweeps": ["running", "running", "succeeded"]}[kind]
+    polls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        polls.append(request.url.path)
+        status = answers[min(len(polls), len(answers)) - 1] if request.url.path.endswith("/x1") else "running"
+        return httpx.Response(200, json={"id": request.url.path.rsplit("/", 1)[1], "status": status})
+
+    http = httpx.Client(base_url="http://x", transport=httpx.MockTransport(handler))
+    client = ts.Client("http://x", "k", http=http)
+    resource = client.jobs if kind == "jobs" else client.sweeps
+
+    finished = resource.wait("x1", poll_interval=0.001, progress=False)
+    assert finished.status == "succeeded" and polls == [f"/{kind}/x1"] * 3
+    # Still running when the time is up (timeout 0: after the first answer): the error says what and where it is.
+    with pytest.raises(ts.WaitTimeout, match=f"{kind[:-1]} x2 is still running after 0.0s"):
+        resource.wait("x2", poll_interval=0.001, timeout=0.0, progress=False)
+
+
 def test_sse_frames_parse_into_events() -> None:
     lines = ["event: points", 'data: [{"name": "train_loss", "step": 1, "value": 0.5}]', "", ": keepalive", "",
              "event: end", 'data: {"status": "succeeded"}', ""]

@@ -19,7 +19,8 @@ from typing import IO, Any, Literal, Self, overload
 import httpx
 
 from trainserve._http import Transport
-from trainserve.errors import TrainserveError, WaitTimeout
+from trainserve._wait import poll_until_finished
+from trainserve.errors import TrainserveError
 from trainserve.models import (
     Alias,
     Checkpoint,
@@ -173,17 +174,11 @@ class Jobs:
         ``progress=True`` draws a live bar (epoch, step, loss, ETA) on stderr; ``timeout`` raises
         ``WaitTimeout`` when the job is still going after that many seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         with JobProgress(job_id, enabled=progress) as bar:
-            while True:
-                job = self.get(job_id)
-                bar.update_job(job)
-                if job.finished:
-                    log.info("job.finished job_id=%s status=%s", job.id, job.status)
-                    return job
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WaitTimeout(f"job {job_id} is still {job.status} after {timeout}s")
-                time.sleep(poll_interval)
+            job = poll_until_finished(lambda: self.get(job_id), what=f"job {job_id}", on_each=bar.update_job,
+                                      poll_interval=poll_interval, timeout=timeout)
+        log.info("job.finished job_id=%s status=%s", job.id, job.status)
+        return job
 
     def metrics_page(
         self,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from trainserve._http import Transport
-from trainserve.errors import WaitTimeout
+from trainserve._wait import poll_until_finished
 from trainserve.models import TERMINAL_STATUSES, Sweep
 
 log = logging.getLogger(__name__)
@@ -159,17 +158,11 @@ class Sweeps:
         ``progress`` draws a bar over the trials on stderr; ``timeout`` raises ``WaitTimeout`` when the sweep is
         still running after that many seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         with SweepProgress(sweep_id, enabled=progress) as bar:
-            while True:
-                sweep = self.get(sweep_id)
-                bar.update(sweep)
-                if sweep.finished:
-                    log.info("sweep.finished sweep_id=%s status=%s", sweep.id, sweep.status)
-                    return sweep
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WaitTimeout(f"sweep {sweep_id} is still {sweep.status} after {timeout}s")
-                time.sleep(poll_interval)
+            sweep = poll_until_finished(lambda: self.get(sweep_id), what=f"sweep {sweep_id}", on_each=bar.update,
+                                        poll_interval=poll_interval, timeout=timeout)
+        log.info("sweep.finished sweep_id=%s status=%s", sweep.id, sweep.status)
+        return sweep
 
     def cancel(self, sweep_id: str) -> Sweep:
         """No new trials; queued trials never start, running ones stop (``Conflict`` once it has finished)."""
