@@ -69,7 +69,7 @@ def configure(settings: Settings) -> None:
     if _configured is not None and _configured.database_url == settings.database_url:
         return
     _configured = settings
-    for cached in (get_engine, get_sessionmaker, get_read_sessionmaker):
+    for cached in (get_engine, get_read_engine, get_sessionmaker, get_read_sessionmaker):
         cached.cache_clear()
 
 
@@ -77,13 +77,19 @@ def reset() -> None:
     """Forget the configured database and every engine and session factory built (tests switching databases)."""
     global _configured
     _configured = None
-    for cached in (get_engine, get_sessionmaker, get_read_sessionmaker):
+    for cached in (get_engine, get_read_engine, get_sessionmaker, get_read_sessionmaker):
         cached.cache_clear()
 
 
 @lru_cache
 def get_engine() -> Engine:
     return make_engine(_configured or get_settings())
+
+
+@lru_cache
+def get_read_engine() -> Engine:
+    """The engine for reads only; on SQLite their transactions take no write lock."""
+    return get_engine().execution_options(**{READ_ONLY_OPTION: True})
 
 
 @lru_cache
@@ -94,7 +100,7 @@ def get_sessionmaker() -> sessionmaker[Session]:
 @lru_cache
 def get_read_sessionmaker() -> sessionmaker[Session]:
     """Sessions for reads only; on SQLite their transactions take no write lock."""
-    return sessionmaker(bind=get_engine().execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False)
+    return sessionmaker(bind=get_read_engine(), expire_on_commit=False)
 
 
 @contextmanager
@@ -119,7 +125,7 @@ def lone_read() -> Iterator[Connection]:
     no round trips) reads in a read-only transaction as the read sessions do."""
     engine = get_engine()
     if engine.dialect.name == "sqlite":
-        with engine.execution_options(**{READ_ONLY_OPTION: True}).connect() as conn:
+        with get_read_engine().connect() as conn:
             yield conn
         return
     with engine.connect() as conn:
