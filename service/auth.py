@@ -111,7 +111,11 @@ async def authenticate_recent(authorization: str | None, *, ttl: float) -> str:
     """`authenticate` for hot paths: a key accepted less than `ttl` seconds ago is trusted without asking the
     database again, so a revoked key keeps working there for at most `ttl` seconds (0: ask every time). When
     the key's time is up, the requests in flight with it share one lookup."""
-    digest = key_digest(authorization)
+    return await tenant_of_digest(key_digest(authorization), ttl=ttl)
+
+
+async def tenant_of_digest(digest: str, *, ttl: float) -> str:
+    """The tenant of the key with this hash, as `authenticate_recent` finds it."""
     if ttl <= 0:
         return await anyio.to_thread.run_sync(_tenant_in_database, digest)
     tenant = _recent_keys.get(digest)
@@ -129,6 +133,10 @@ def _tenant_in_database(digest: str) -> str:
         return tenant_of(conn, digest)
 
 
+# A submission checks its key again inside the transaction that stores the job (service.jobs), in the statement
+# that reads the quotas: its early check may use a recently accepted key, and a revoked key still stops at once.
+SUBMIT_PATH = "/jobs"
+
 # Everything else needs a key: the dashboard's page and assets, the probes, the scrape and the API's own
 # documentation are public.
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
@@ -145,7 +153,11 @@ class Authentication:
     has its body read or parsed, and hands the key's tenant to the routes in `request.state.tenant`.
 
     /predict trusts a key the database accepted less than TRAINSERVE_PREDICT_CACHE_SECONDS ago (its hot path
-    has no database round trip); every other route asks the database each time, so a revoked key stops at once.
+    has no database round trip). POST /jobs may too, here, because it checks the key again in the transaction
+    that stores the job (`request.state.key_digest`, in the same statement as the quotas, so at no extra round
+    trip): a revoked key's submission is still refused at once, only after its body was read (a body the schema
+    refuses may get its 422 first, within that time). Every other route
+    asks the database each time, so a revoked key stops at once.
     """
 
     def __init__(self, app: ASGIApp, *, predict_cache_seconds: float) -> None:
@@ -161,9 +173,11 @@ class Authentication:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
                 break
-        ttl = self.predict_cache_seconds if scope["path"] == PREDICT_PATH else 0.0
+        path = scope["path"]
+        cached = path == PREDICT_PATH or (path == SUBMIT_PATH and scope.get("method") == "POST")
         try:
-            tenant = await authenticate_recent(authorization, ttl=ttl)
+            digest = key_digest(authorization)
+            tenant = await tenant_of_digest(digest, ttl=self.predict_cache_seconds if cached else 0.0)
         except ServiceError as exc:
             await _answer(send, exc.status_code, error_body(exc.type, exc.detail, exc.errors), exc.headers)
             return
@@ -174,7 +188,8 @@ class Authentication:
             await _answer(send, 503, error_body("unavailable", "the database is unavailable; retry shortly", []),
                           {"Retry-After": "2"})
             return
-        scope.setdefault("state", {})["tenant"] = tenant
+        state = scope.setdefault("state", {})
+        state["tenant"], state["key_digest"] = tenant, digest
         await self.app(scope, receive, send)
 
 

@@ -34,16 +34,18 @@ def send_job(job_id: str, *, queue: str, settings: Settings | None = None) -> bo
 
 
 def submit_and_send(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: str | None,
-                    settings: Settings, queue_view: RecentQueueView | None = None) -> tuple[JobRead, bool]:
+                    settings: Settings, queue_view: RecentQueueView | None = None,
+                    key_digest: str | None = None) -> tuple[JobRead, bool]:
     """POST /jobs: store the job, commit, then send it (enqueue after commit, so no worker can see an
     uncommitted job). Returns the job and whether it is new (False: an idempotent replay).
 
     The job is stored as sent (enqueued_at) in its own insert, so a send that works costs no second write
     before the worker can claim it; a send the broker refuses clears the mark and the reaper sends it later. (If
     the API dies between the commit and the send, the reaper's unclaimed-job rule sends it after a lease.)
-    The answer's waiting reason comes from `queue_view` (a recent view, no read) when given."""
+    The answer's waiting reason comes from `queue_view` (a recent view, no read) when given; `key_digest`, the
+    hash of the request's key, is checked again as the job is stored (see service.auth.Authentication)."""
     job, created = jobs.submit_job(session, tenant=tenant, spec=spec, idempotency_key=idempotency_key,
-                                   settings=settings, enqueued_at=utcnow())
+                                   settings=settings, enqueued_at=utcnow(), key_digest=key_digest)
     session.commit()
     if created:
         try:

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 
 from service.datainfo import DataInfo, DataSpecError, describe_data
 from service.datasets import get_dataset_or_raise
-from service.errors import JobNotFound, QuotaExceeded, SpecError, StateConflict, validation_items
+from service.errors import JobNotFound, QuotaExceeded, SpecError, StateConflict, Unauthorized, validation_items
 from service.metrics import finite_or_none, read_points_page
-from service.models import FINISHED_STATUSES, Checkpoint, Job, Submission, utcnow
+from service.models import FINISHED_STATUSES, ApiKey, Checkpoint, Job, Submission, utcnow
 from service.nets import Issue, Limits, SpecReport, check_spec
 from service.pagination import newest_first_page
 from service.queue import queue_for_device
@@ -96,6 +96,10 @@ _QUOTA_COUNTS = select(
                                                 Job.created_at >= bindparam("since")).scalar_subquery(),
     select(func.count()).select_from(Submission).where(Submission.tenant == bindparam("tenant"),
                                                        Submission.created_at >= bindparam("since")).scalar_subquery(),
+    # The request's key, still the tenant's and not revoked (1) or not (0): read with the counts, no extra trip.
+    select(func.count()).select_from(ApiKey).where(ApiKey.key_hash == bindparam("digest"),
+                                                   ApiKey.tenant == bindparam("tenant"),
+                                                   ApiKey.revoked_at.is_(None)).scalar_subquery(),
 )
 
 
@@ -106,13 +110,16 @@ def _lock_tenant_quota(session: Session, *, tenant: str) -> None:
         session.execute(_QUOTA_LOCK, {"key": "trainserve.quota:" + tenant})
 
 
-def _enforce_quotas(session: Session, *, tenant: str, settings: Settings) -> None:
+def _enforce_quotas(session: Session, *, tenant: str, settings: Settings, key_digest: str | None = None) -> None:
     """Both per-tenant limits from one read (after the lock): the jobs queued or running, and the submissions of
     the last minute: the jobs created in it, and those of them deleted since (`delete_jobs` keeps a row for each;
-    older rows are only history, the reaper deletes them)."""
+    older rows are only history, the reaper deletes them). With `key_digest`, the same read checks that the
+    request's key is still valid (401 if it was revoked since the request's early check)."""
     _lock_tenant_quota(session, tenant=tenant)
-    active, created, deleted = session.execute(_QUOTA_COUNTS, {"tenant": tenant,
-                                                               "since": utcnow() - QUOTA_WINDOW}).one()
+    active, created, deleted, key_valid = session.execute(_QUOTA_COUNTS, {
+        "tenant": tenant, "since": utcnow() - QUOTA_WINDOW, "digest": key_digest or ""}).one()
+    if key_digest is not None and not key_valid:
+        raise Unauthorized("invalid or revoked API key")
     recent = created + deleted
     if active >= settings.max_running_jobs_per_tenant:
         raise QuotaExceeded(
@@ -124,6 +131,15 @@ def _enforce_quotas(session: Session, *, tenant: str, settings: Settings) -> Non
             retry_after=60)
 
 
+def _check_key(session: Session, *, tenant: str, key_digest: str | None) -> None:
+    """The key check the quota read does, for the answers given before it (a replay, a spec error)."""
+    if key_digest is not None:
+        tenant_of_key = session.scalar(select(ApiKey.tenant).where(ApiKey.key_hash == key_digest,
+                                                                   ApiKey.revoked_at.is_(None)))
+        if tenant_of_key != tenant:
+            raise Unauthorized("invalid or revoked API key")
+
+
 def forget_old_submissions(session: Session) -> int:
     """The reaper's pass: submissions older than the quota window no longer count for anything."""
     result = session.execute(delete(Submission).where(Submission.created_at < utcnow() - QUOTA_WINDOW))
@@ -132,20 +148,23 @@ def forget_old_submissions(session: Session) -> int:
 
 def submit_job(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: str | None,
                settings: Settings, trial_of: tuple[str, int, dict[str, Any]] | None = None,
-               enqueued_at: datetime | None = None) -> tuple[Job, bool]:
+               enqueued_at: datetime | None = None, key_digest: str | None = None) -> tuple[Job, bool]:
     """Store a checked job as queued. Returns (job, created); the caller enqueues after commit when created.
 
     trial_of = (sweep_id, number, trial) stores it as that sweep's trial (service.sweeps). enqueued_at, when the
     caller will send the job right after the commit, goes into the job's insert (no second write to mark it sent).
+    key_digest: the submitting request's key hash, checked again under the quota lock (service.auth).
     """
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
         if existing is not None:
+            _check_key(session, tenant=tenant, key_digest=key_digest)
             return existing, False
     analysis = analyse_spec(session, tenant=tenant, spec=spec, settings=settings)
     if not analysis.ok or analysis.data is None:
+        _check_key(session, tenant=tenant, key_digest=key_digest)
         raise SpecError(_issues_detail(analysis.report["errors"]), analysis.report["errors"])
-    _enforce_quotas(session, tenant=tenant, settings=settings)
+    _enforce_quotas(session, tenant=tenant, settings=settings, key_digest=key_digest)
     report = analysis.report
     job = Job(
         tenant=tenant,

@@ -51,6 +51,28 @@ def test_keys_create_prints_only_the_key_and_revoke_locks_it_out(embedded_server
     assert response.status_code == 401 and response.json()["type"] == "unauthorized"
 
 
+def test_a_revoked_key_submits_nothing_from_the_next_request_on(embedded_server: LiveServer) -> None:
+    # POST /jobs may take its early key check from the keys accepted moments ago (as /predict does); the
+    # transaction that stores the job checks the key again, so a revocation still stops submissions at once.
+    key = server_cli(embedded_server, "keys", "create", "--tenant", "revoked-submitter")
+    witness = server_cli(embedded_server, "keys", "create", "--tenant", "revoked-submitter")
+    spec = {**SEED_EXAMPLE, "name": "before-revoke"}
+    with embedded_server.client(api_key=key) as c:
+        first = c.post("/jobs", json=spec, headers={"Idempotency-Key": "k1"})
+        assert first.status_code == 201
+        server_cli(embedded_server, "keys", "revoke", key)
+        refused = [c.post("/jobs", json={**spec, "name": "after-revoke"}),  # a new job
+                   c.post("/jobs", json=spec, headers={"Idempotency-Key": "k1"}),  # a replay of the first
+                   # a spec the static check refuses (32 features in, the first layer takes 5)
+                   c.post("/jobs", json={**spec, "model": {"layers": [
+                       {"type": "Linear", "in_features": 5, "out_features": 1}]}})]
+    for response in refused:
+        assert response.status_code == 401, response.text
+        assert response.json()["type"] == "unauthorized" and response.headers["WWW-Authenticate"] == "Bearer"
+    with embedded_server.client(api_key=witness) as c:
+        assert [j["name"] for j in c.get("/jobs").json()["items"]] == ["before-revoke"]
+
+
 @pytest.mark.parametrize("header", [None, "Bearer ts_not-a-key", "Basic abc", "Bearer"])
 def test_missing_or_unknown_keys_answer_401(embedded_server: LiveServer, header: str | None) -> None:
     headers = {"Authorization": header} if header is not None else {}

@@ -38,7 +38,7 @@ async def create_job(request: Request, session: SessionDep, tenant: TenantDep, s
     # on the thread pool, one more thread hop on the submit path.
     job, created = await anyio.to_thread.run_sync(functools.partial(
         dispatch.submit_and_send, session, tenant=tenant, spec=spec, idempotency_key=idempotency_key,
-        settings=settings, queue_view=request.app.state.queue_view))
+        settings=settings, queue_view=request.app.state.queue_view, key_digest=request.state.key_digest))
     if not created:
         response.status_code = 200
     return job
