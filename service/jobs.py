@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from service.datainfo import DataInfo, DataSpecError, describe_data
 from service.datasets import get_dataset_or_raise
@@ -88,7 +91,6 @@ QUOTA_WINDOW = timedelta(minutes=1)
 
 
 # Built once: building and keying a statement costs more than running it, on the path of every submission.
-_QUOTA_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
 _QUOTA_COUNTS = select(
     select(func.count()).select_from(Job).where(Job.tenant == bindparam("tenant"),
                                                 Job.status.in_(("queued", "running"))).scalar_subquery(),
@@ -103,11 +105,32 @@ _QUOTA_COUNTS = select(
 )
 
 
-def _lock_tenant_quota(session: Session, *, tenant: str) -> None:
-    # Count-then-insert must not interleave between two submissions of one tenant. SQLite's BEGIN IMMEDIATE
-    # already serialises writers; PostgreSQL takes a lock per tenant, held until this transaction ends.
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_QUOTA_LOCK, {"key": "trainserve.quota:" + tenant})
+def _locked_quota_counts(session: Session, params: dict[str, Any]) -> tuple[int, int, int, int]:
+    """_QUOTA_COUNTS read under a per-tenant lock: count-then-insert must not interleave between two submissions
+    of one tenant. SQLite's BEGIN IMMEDIATE already serialises writers. PostgreSQL takes a lock per tenant, held
+    until this transaction ends, and the transaction's BEGIN, the lock and the counts travel in one round trip
+    (psycopg's pipeline): the server runs them in order, so the counts read after the lock is granted."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        active, created, deleted, key_valid = session.execute(_QUOTA_COUNTS, params).one()
+        return active, created, deleted, key_valid
+    lock = {"key": "trainserve.quota:" + params["tenant"]}
+    counts = _compiled_for(connection.dialect).construct_expanded_state(params)
+    driver: Any = connection.connection.driver_connection  # a psycopg Connection
+    with driver.pipeline():
+        driver.execute(_QUOTA_LOCK_SQL, lock)
+        cursor = driver.execute(counts.statement, counts.parameters)
+    row = cursor.fetchone()
+    assert row is not None
+    return row[0], row[1], row[2], row[3]
+
+
+_QUOTA_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext(%(key)s))"
+
+
+@functools.cache
+def _compiled_for(dialect: Dialect) -> SQLCompiler:
+    return _QUOTA_COUNTS.compile(dialect=dialect)
 
 
 def _enforce_quotas(session: Session, *, tenant: str, settings: Settings, key_digest: str | None = None) -> None:
@@ -115,9 +138,8 @@ def _enforce_quotas(session: Session, *, tenant: str, settings: Settings, key_di
     the last minute: the jobs created in it, and those of them deleted since (`delete_jobs` keeps a row for each;
     older rows are only history, the reaper deletes them). With `key_digest`, the same read checks that the
     request's key is still valid (401 if it was revoked since the request's early check)."""
-    _lock_tenant_quota(session, tenant=tenant)
-    active, created, deleted, key_valid = session.execute(_QUOTA_COUNTS, {
-        "tenant": tenant, "since": utcnow() - QUOTA_WINDOW, "digest": key_digest or ""}).one()
+    active, created, deleted, key_valid = _locked_quota_counts(session, {
+        "tenant": tenant, "since": utcnow() - QUOTA_WINDOW, "digest": key_digest or ""})
     if key_digest is not None and not key_valid:
         raise Unauthorized("invalid or revoked API key")
     recent = created + deleted
