@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Dialect
@@ -115,8 +116,12 @@ def _locked_quota_counts(session: Session, params: dict[str, Any]) -> tuple[int,
         active, created, deleted, key_valid = session.execute(_QUOTA_COUNTS, params).one()
         return active, created, deleted, key_valid
     lock = {"key": "trainserve.quota:" + params["tenant"]}
-    counts = _compiled_for(connection.dialect).construct_expanded_state(params)
     driver: Any = connection.connection.driver_connection  # a psycopg Connection
+    if not psycopg.Pipeline.is_supported():  # libpq before 14: the same statements, one round trip each
+        connection.exec_driver_sql(_QUOTA_LOCK_SQL, lock)
+        active, created, deleted, key_valid = session.execute(_QUOTA_COUNTS, params).one()
+        return active, created, deleted, key_valid
+    counts = _compiled_for(connection.dialect).construct_expanded_state(params)
     with driver.pipeline():
         driver.execute(_QUOTA_LOCK_SQL, lock)
         cursor = driver.execute(counts.statement, counts.parameters)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -69,7 +70,11 @@ def test_submissions_older_than_the_window_stop_counting_and_the_reaper_forgets_
 
 
 @pytest.mark.postgres
-def test_parallel_submissions_never_pass_the_running_job_cap(sessions: sessionmaker[Session]) -> None:
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "libpq-without-pipeline"])
+def test_parallel_submissions_never_pass_the_running_job_cap(sessions: sessionmaker[Session], pipelined: bool,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # On PostgreSQL the lock and the counts go out in one round trip where libpq can pipeline, one each otherwise.
+    monkeypatch.setattr(psycopg.Pipeline, "is_supported", classmethod(lambda cls: pipelined))
     settings = Settings(max_running_jobs_per_tenant=3, max_submissions_per_minute=1000)
     n = 16
     start = threading.Barrier(n)
