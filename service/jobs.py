@@ -12,7 +12,7 @@ import psycopg
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -122,10 +122,19 @@ def _locked_quota_counts(session: Session, params: dict[str, Any]) -> tuple[int,
         active, created, deleted, key_valid = session.execute(_QUOTA_COUNTS, params).one()
         return active, created, deleted, key_valid
     counts = _compiled_for(connection.dialect).construct_expanded_state(params)
-    with driver.pipeline():
-        driver.execute(_QUOTA_LOCK_SQL, lock)
-        cursor = driver.execute(counts.statement, counts.parameters)
-    row = cursor.fetchone()
+    try:
+        with driver.pipeline():
+            driver.execute(_QUOTA_LOCK_SQL, lock)
+            cursor = driver.execute(counts.statement, counts.parameters)
+        row = cursor.fetchone()
+    except psycopg.Error as exc:
+        # Raised as SQLAlchemy raises for its own statements (a lost connection invalidated, an OperationalError),
+        # so the request answers 503 with Retry-After as any other database outage does.
+        lost = connection.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
+        if lost:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(counts.statement, counts.parameters, exc, psycopg.Error,
+                                  connection_invalidated=lost, dialect=connection.dialect) from exc
     assert row is not None
     return row[0], row[1], row[2], row[3]
 

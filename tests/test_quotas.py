@@ -8,16 +8,25 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import is_transient
 from service.errors import JobNotFound, QuotaExceeded
-from service.jobs import QUOTA_WINDOW, cancel_job, delete_job, forget_old_submissions, get_job_or_raise, list_jobs, \
-    submit_job
+from service.jobs import (
+    QUOTA_WINDOW,
+    cancel_job,
+    delete_job,
+    forget_old_submissions,
+    get_job_or_raise,
+    list_jobs,
+    submit_job,
+)
 from service.models import Job, Submission, utcnow
 from service.settings import Settings
 from service.spec import SEED_EXAMPLE, JobSpec
-from tests.conftest import migrated_sessions
+from tests.conftest import PG_ADMIN_URL, migrated_sessions
 
 SPEC = JobSpec.model_validate(SEED_EXAMPLE)
 
@@ -97,3 +106,19 @@ def test_parallel_submissions_never_pass_the_running_job_cap(sessions: sessionma
         queued = session.scalar(select(func.count()).select_from(Job).where(Job.tenant == "t"))
     assert sorted(outcomes) == ["created"] * 3 + ["refused"] * (n - 3)
     assert queued == 3
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_during_the_quota_read_is_a_transient_database_error(
+        sessions: sessionmaker[Session]) -> None:
+    # What the API answers 503 with Retry-After for (service.db.is_transient), never a 500.
+    with sessions() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("PostgreSQL's pipelined quota read")
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))  # waits until it has ended
+        with pytest.raises(DBAPIError) as lost:
+            submit_job(session, tenant="t", spec=SPEC, idempotency_key=None, settings=Settings())
+        assert is_transient(lost.value)
+    _submit(sessions, Settings())  # the pool hands out a working connection next
