@@ -109,12 +109,11 @@ def test_parallel_submissions_never_pass_the_running_job_cap(sessions: sessionma
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("sessions", ["postgres"], indirect=True)  # PostgreSQL's pipelined quota read
 def test_a_connection_lost_during_the_quota_read_is_a_transient_database_error(
         sessions: sessionmaker[Session]) -> None:
     # What the API answers 503 with Retry-After for (service.db.is_transient), never a 500.
     with sessions() as session:
-        if session.get_bind().dialect.name != "postgresql":
-            pytest.skip("PostgreSQL's pipelined quota read")
         pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))  # waits until it has ended
