@@ -66,11 +66,6 @@ def tenant_of(conn: Connection | Session, digest: str) -> str:
     return str(row.tenant)
 
 
-def authenticate(session: Session, *, authorization: str | None) -> str:
-    """The tenant that an `Authorization: Bearer KEY` header belongs to."""
-    return tenant_of(session, key_digest(authorization))
-
-
 class RecentKeys:
     """Key hash -> tenant for keys the database accepted less than `ttl` seconds ago (least recently used
     dropped past `size`). Only accepted keys are kept: a new key works at once, a wrong one is looked up
@@ -107,15 +102,10 @@ _recent_keys = RecentKeys()
 _key_lookups = SingleFlight()
 
 
-async def authenticate_recent(authorization: str | None, *, ttl: float) -> str:
-    """`authenticate` for hot paths: a key accepted less than `ttl` seconds ago is trusted without asking the
-    database again, so a revoked key keeps working there for at most `ttl` seconds (0: ask every time). When
-    the key's time is up, the requests in flight with it share one lookup."""
-    return await tenant_of_digest(key_digest(authorization), ttl=ttl)
-
-
 async def tenant_of_digest(digest: str, *, ttl: float) -> str:
-    """The tenant of the key with this hash, as `authenticate_recent` finds it."""
+    """The tenant of the key with this hash. A key accepted less than `ttl` seconds ago is trusted without asking
+    the database again, so a revoked key keeps working for at most `ttl` seconds where this is used with one (0:
+    ask every time). When the key's time is up, the requests in flight with it share one lookup."""
     if ttl <= 0:
         return await anyio.to_thread.run_sync(_tenant_in_database, digest)
     tenant = _recent_keys.get(digest)
@@ -156,8 +146,8 @@ class Authentication:
     has no database round trip). POST /jobs may too, here, because it checks the key again in the transaction
     that stores the job (`request.state.key_digest`, in the same statement as the quotas, so at no extra round
     trip): a revoked key's submission is still refused at once, only after its body was read (a body the schema
-    refuses may get its 422 first, within that time). Every other route
-    asks the database each time, so a revoked key stops at once.
+    refuses may get its 422 first, within that time). Every other route asks the database each time, so a revoked
+    key stops at once.
     """
 
     def __init__(self, app: ASGIApp, *, predict_cache_seconds: float) -> None:

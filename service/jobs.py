@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from service.auth import tenant_of
 from service.datainfo import DataInfo, DataSpecError, describe_data
 from service.datasets import get_dataset_or_raise
 from service.errors import JobNotFound, QuotaExceeded, SpecError, StateConflict, Unauthorized, validation_items
@@ -169,11 +170,8 @@ def _enforce_quotas(session: Session, *, tenant: str, settings: Settings, key_di
 
 def _check_key(session: Session, *, tenant: str, key_digest: str | None) -> None:
     """The key check the quota read does, for the answers given before it (a replay, a spec error)."""
-    if key_digest is not None:
-        tenant_of_key = session.scalar(select(ApiKey.tenant).where(ApiKey.key_hash == key_digest,
-                                                                   ApiKey.revoked_at.is_(None)))
-        if tenant_of_key != tenant:
-            raise Unauthorized("invalid or revoked API key")
+    if key_digest is not None and tenant_of(session, key_digest) != tenant:
+        raise Unauthorized("invalid or revoked API key")
 
 
 def forget_old_submissions(session: Session) -> int:

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
-from sqlalchemy import bindparam, false, func, select, update
+from sqlalchemy import and_, bindparam, false, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -53,12 +53,15 @@ class Claim:
 
 
 _NOW = bindparam("now", type_=Job.__table__.c.started_at.type)
-# The usual claim in one statement: a queued job, not cancelled, with attempts left. `fresh` reads the new row:
-# started_at equals this claim's time only where it was unset (the first claim sets it, nothing clears it).
-_CLAIM_QUEUED = (
+# The claim, in one statement: a job queued, or running on a lease that has expired (its worker was lost), not
+# cancelled, with attempts left. `fresh` reads the new row: started_at equals this claim's time only where it was
+# unset (the first claim sets it, nothing clears it; a hand-back keeps it and gives its attempt back).
+_CLAIM = (
     update(Job)
-    .where(Job.id == bindparam("job_id"), Job.status == "queued", Job.cancel_requested == false(),
-           Job.attempts < bindparam("max_attempts"))
+    .where(Job.id == bindparam("job_id"), Job.cancel_requested == false(),
+           Job.attempts < bindparam("max_attempts"),
+           or_(Job.status == "queued",
+               and_(Job.status == "running", or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= _NOW))))
     .values(status="running", attempts=Job.attempts + 1, lease_owner=bindparam("owner"),
             lease_expires_at=bindparam("expires", type_=Job.__table__.c.lease_expires_at.type), heartbeat_at=_NOW,
             started_at=func.coalesce(Job.started_at, _NOW), error=None)
@@ -69,20 +72,10 @@ _CLAIM_QUEUED = (
 
 def claim_job(session: Session, *, job_id: str, owner: str, settings: Settings) -> Claim | None:
     """Take the job's lease, or return None when there is nothing to do (finished, cancelled, leased)."""
-    now = utcnow()
-    row = session.execute(_CLAIM_QUEUED, {"job_id": job_id, "max_attempts": settings.max_attempts, "owner": owner,
-                                          "expires": now + timedelta(seconds=settings.lease_seconds),
-                                          "now": now}).first()
-    if row is not None:
-        return Claim(job_id=job_id, tenant=row.tenant, spec=dict(row.spec), data_info=dict(row.data_info),
-                     attempts=row.attempts, last_metrics=dict(row.last_metrics or {}), fresh=bool(row.fresh),
-                     sweep_id=row.sweep_id)
-    return _claim_otherwise(session, job_id=job_id, owner=owner, settings=settings)
-
-
-def _claim_otherwise(session: Session, *, job_id: str, owner: str, settings: Settings) -> Claim | None:
-    """Every case but a plain queued job: a redelivery, a cancel, the last attempt spent, a missing or finished
-    job; read under a row lock, then decided."""
+    claim = _claim(session, job_id=job_id, owner=owner, settings=settings)
+    if claim is not None:
+        return claim
+    # Not claimable: read it under a row lock to say why, and finish a cancelled or exhausted job.
     job = session.get(Job, job_id, with_for_update=True)
     now = utcnow()
     if job is None:
@@ -102,18 +95,19 @@ def _claim_otherwise(session: Session, *, job_id: str, owner: str, settings: Set
         job.status, job.finished_at = "failed", now
         job.error = f"gave up after {job.attempts} attempts (TRAINSERVE_MAX_ATTEMPTS={settings.max_attempts})"
         return None
-    job.status = "running"
-    job.attempts += 1
-    job.lease_owner = owner
-    job.lease_expires_at = now + timedelta(seconds=settings.lease_seconds)
-    job.heartbeat_at = now
-    # started_at is set by a job's first claim and never cleared (a hand-back keeps it, and gives its attempt back).
-    fresh = job.started_at is None
-    job.started_at = job.started_at or now
-    job.error = None
-    return Claim(job_id=job.id, tenant=job.tenant, spec=dict(job.spec), data_info=dict(job.data_info),
-                 attempts=job.attempts, last_metrics=dict(job.last_metrics or {}), fresh=fresh,
-                 sweep_id=job.sweep_id)
+    # Claimable again: another transaction changed it between the claim and the read (a reaper's hand-back).
+    return _claim(session, job_id=job_id, owner=owner, settings=settings)
+
+
+def _claim(session: Session, *, job_id: str, owner: str, settings: Settings) -> Claim | None:
+    now = utcnow()
+    row = session.execute(_CLAIM, {"job_id": job_id, "max_attempts": settings.max_attempts, "owner": owner,
+                                   "expires": now + timedelta(seconds=settings.lease_seconds), "now": now}).first()
+    if row is None:
+        return None
+    return Claim(job_id=job_id, tenant=row.tenant, spec=dict(row.spec), data_info=dict(row.data_info),
+                 attempts=row.attempts, last_metrics=dict(row.last_metrics or {}), fresh=bool(row.fresh),
+                 sweep_id=row.sweep_id)
 
 
 def _aware(value: Any) -> Any:
