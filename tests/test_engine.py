@@ -328,6 +328,56 @@ def test_per_batch_gather_for_large_sets_gives_the_same_losses(monkeypatch: pyte
     assert len(runs[0]) == 21 and runs[0] == runs[1]
 
 
+def _dropout_batchnorm_net() -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3),
+                         nn.Sequential(nn.Linear(16, 8), nn.Tanh()), nn.Linear(8, 1))
+
+
+def test_mini_batches_give_a_hand_written_loops_losses_bit_for_bit() -> None:
+    # fit() calls the layers' forwards and clears the grads without Module.__call__ and zero_grad's bookkeeping
+    # (worker.engine.direct); the kernels, their order and the RNG draws (Dropout) must stay those of model(x).
+    spec = make_spec(training={"epochs": 3, "batch_size": 8, "shuffle": True, "log_every_steps": 1})
+    data = regression_data(n=37)
+    model, reference = _dropout_batchnorm_net(), _dropout_batchnorm_net()
+    torch.manual_seed(11)
+    rec = Recorder()
+    rec.run(model, spec, data)
+
+    torch.manual_seed(11)
+    order = torch.Generator().manual_seed(spec.training.seed)
+    opt = torch.optim.Adam(reference.parameters(), lr=0.01)
+    expected = []
+    for _ in range(3):
+        perm = torch.randperm(37, generator=order)
+        xs, ys = data.x_train[perm], data.y_train[perm]
+        for lo in range(0, 37, 8):
+            loss = nn.MSELoss()(reference(xs[lo : lo + 8]), ys[lo : lo + 8])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            expected.append(loss.item())
+    assert [v for _, v in rec.series("train_loss")] == expected
+    for p, q in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_hooks_on_the_model_still_run_every_step() -> None:
+    # A hook (the model's own or a global one) means model(x) does more than forward(x): fit() must call model(x).
+    spec = make_spec(training={"epochs": 2, "batch_size": 8, "log_every_steps": 1})
+    model = mlp(0, 4, 8, 1)
+    seen = {"layer": 0, "global": 0}
+    layer_hook = model[0].register_forward_hook(lambda *_: seen.__setitem__("layer", seen["layer"] + 1))
+    global_hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, *_: seen.__setitem__("global", seen["global"] + (m is model)))
+    try:
+        fit(model, spec, regression_data())
+    finally:
+        layer_hook.remove()
+        global_hook.remove()
+    assert seen == {"layer": 8, "global": 8}  # 2 epochs x 4 batches; no validation rows
+
+
 def test_gradient_clipping_bounds_the_update() -> None:
     data = regression_data()
     data.y_train = data.y_train * 1000  # huge gradients

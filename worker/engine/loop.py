@@ -23,6 +23,7 @@ from service import spec as S
 from service.spec import JobSpec
 from worker.data import TrainData
 from worker.engine.builders import build_loss, build_optimizer, build_scheduler, cpu_threads_for, plan_for
+from worker.engine.direct import direct_call, grad_clearer
 from worker.engine.evaluate import BestWeights, Monitor, available_metric, evaluate
 from worker.engine.points import Clock, PointBuffer, utc
 from worker.engine.reports import CheckpointBlob, FitResult, Point, Progress
@@ -134,6 +135,7 @@ class _Run:
         self.criterion = build_loss(spec, data, device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(spec, self.params)
+        self.clear_grads = grad_clearer(self.optimizer)
         self.scheduler = build_scheduler(spec, self.optimizer, self.plan)
         per_step = self.scheduler is not None and getattr(spec.scheduler, "interval", "epoch") == "step"
         self.step_scheduler = self.scheduler if per_step else None
@@ -201,12 +203,14 @@ class _Run:
         """The epoch's optimizer steps; False when ``should_stop`` cut it short."""
         self.epoch, self.epoch_start, self.epoch_start_step = epoch, time.monotonic(), self.step
         clip = self.spec.training.grad_clip_norm
+        # model(x), criterion(out, y) and zero_grad(set_to_none=True) as the calls they reduce to (worker.engine.direct)
+        forward, loss_of, clear_grads = direct_call(self.model), direct_call(self.criterion), self.clear_grads
         for xb, yb in self._batches():
             if self.cb.should_stop():
                 return False
             with self.amp:
-                loss = self.criterion(self.model(xb), yb)
-            self.optimizer.zero_grad(set_to_none=True)
+                loss = loss_of(forward(xb), yb)
+            clear_grads()
             loss.backward()
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, clip)
