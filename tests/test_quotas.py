@@ -4,6 +4,7 @@ PostgreSQL cannot pass the running-job cap (count-then-insert runs under a per-t
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -121,3 +122,38 @@ def test_a_connection_lost_during_the_quota_read_is_a_transient_database_error(
             submit_job(session, tenant="t", spec=SPEC, idempotency_key=None, settings=Settings())
         assert is_transient(lost.value)
     _submit(sessions, Settings())  # the pool hands out a working connection next
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("sessions", ["postgres"], indirect=True)  # SQLite's writers never overlap
+def test_a_submission_that_loses_an_idempotency_race_answers_with_the_winners_job(
+        sessions: sessionmaker[Session]) -> None:
+    # The loser read no job under its key (the winner had not committed), waited for the tenant's quota lock, and
+    # its INSERT meets the winner's row: it answers with that job, not an error, and stores nothing.
+    settings = Settings(max_running_jobs_per_tenant=100, max_submissions_per_minute=1000)
+    winner = sessions()
+    won, created = submit_job(winner, tenant="t", spec=SPEC, idempotency_key="k", settings=settings)
+    assert created
+    winner_pid = winner.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    answers: list[tuple[str, bool]] = []
+
+    def lose() -> None:
+        with sessions() as session:
+            job, was_created = submit_job(session, tenant="t", spec=SPEC, idempotency_key="k", settings=settings)
+            session.commit()
+            answers.append((job.id, was_created))
+
+    loser = threading.Thread(target=lose)
+    loser.start()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        deadline = time.monotonic() + 30
+        while not admin.execute("SELECT 1 FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                                (winner_pid,)).fetchone():
+            assert time.monotonic() < deadline, "the second submission never waited for the first one's lock"
+            time.sleep(0.01)
+    winner.commit()
+    winner.close()
+    loser.join(timeout=30)
+    assert answers == [(won.id, False)]
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job).where(Job.tenant == "t")) == 1
