@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session, defer
 
 from service.errors import CheckpointNotFound, CorruptCheckpoint, StateConflict
@@ -45,17 +45,18 @@ def record_checkpoint(session: Session, *, job: Job | CheckpointPointers, step: 
     and apply retention; returns its id. The new pointers are set on `job`: an ORM Job's flush writes them, the
     worker writes a CheckpointPointers' back itself (with its lease check).
 
-    Core statements on the session's connection, not the ORM: the worker's writer thread runs this at every
-    checkpoint, holding the GIL that training waits for, and the ORM's bookkeeping cost more than the statements."""
+    Core statements built once, on the session's connection, not the ORM: the worker's writer thread runs this at
+    every checkpoint, holding the GIL that training waits for, and the ORM's bookkeeping (or building the
+    statements anew each time) cost more than the statements."""
     connection = session.connection()
     ckpt_id = new_id()
-    connection.execute(insert(Checkpoint).values(
-        id=ckpt_id, job_id=job.id, step=step, epoch=epoch, metric=metric, value=value, is_final=is_final,
-        weights=weights, weights_sha256=sha256(weights), state=state, state_sha256=sha256(state),
-        size_bytes=len(weights) + len(state), created_at=utcnow()))
+    connection.execute(_INSERT, {
+        "id": ckpt_id, "job_id": job.id, "step": step, "epoch": epoch, "metric": metric, "value": value,
+        "is_final": is_final, "weights": weights, "weights_sha256": sha256(weights), "state": state,
+        "state_sha256": sha256(state), "size_bytes": len(weights) + len(state), "created_at": utcnow()})
     if state:  # a best-weights checkpoint (an earlier epoch's weights, no state) is never the one to resume from
         job.latest_checkpoint_id = ckpt_id
-    best = connection.execute(select(Checkpoint.value).where(Checkpoint.id == job.best_checkpoint_id)).first() \
+    best = connection.execute(_VALUE_OF, {"best_id": job.best_checkpoint_id}).first() \
         if job.best_checkpoint_id else None
     if best is None or _better(value, best.value, mode) or (best.value is None and value is None):
         job.best_checkpoint_id = ckpt_id
@@ -63,23 +64,31 @@ def record_checkpoint(session: Session, *, job: Job | CheckpointPointers, step: 
     return ckpt_id
 
 
+_INSERT = insert(Checkpoint)
+_VALUE_OF = select(Checkpoint.value).where(Checkpoint.id == bindparam("best_id"))
+# A job's checkpoints, newest first: whether each can be resumed from (has state) and whether a model version pins it.
+_RETENTION = (
+    select(Checkpoint.id, func.length(Checkpoint.state) > 0,
+           select(ModelVersion.id).where(ModelVersion.checkpoint_id == Checkpoint.id).exists())
+    .where(Checkpoint.job_id == bindparam("job_id"))
+    .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())
+)
+_DROP = delete(Checkpoint).where(Checkpoint.id.in_(bindparam("ids", expanding=True)))
+
+
 def _apply_retention(connection: Connection, *, job: Job | CheckpointPointers, keep_last: int,
                      keep_best: bool) -> None:
     # keep_last counts checkpoints a run can resume from; a best-weights checkpoint (no state) stays only while
     # it is the best (keep_best) or a model version pins it. A checkpoint a model version pins (service.registry)
     # is never removed.
-    pinned = select(ModelVersion.id).where(ModelVersion.checkpoint_id == Checkpoint.id).exists()
-    rows = connection.execute(
-        select(Checkpoint.id, func.length(Checkpoint.state) > 0, pinned).where(Checkpoint.job_id == job.id)
-        .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())
-    ).all()
+    rows = connection.execute(_RETENTION, {"job_id": job.id}).all()
     keep = set([ckpt_id for ckpt_id, resumable, _ in rows if resumable][:keep_last])
     if keep_best and job.best_checkpoint_id:
         keep.add(job.best_checkpoint_id)
     keep |= {ckpt_id for ckpt_id, _, is_pinned in rows if is_pinned}
     drop = [ckpt_id for ckpt_id, _, _ in rows if ckpt_id not in keep]
     if drop:
-        connection.execute(delete(Checkpoint).where(Checkpoint.id.in_(drop)))
+        connection.execute(_DROP, {"ids": drop})
     if not keep_best and job.best_checkpoint_id in drop:
         job.best_checkpoint_id = job.latest_checkpoint_id
 

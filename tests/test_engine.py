@@ -514,6 +514,29 @@ def test_an_improving_checkpoint_epoch_needs_no_extra_copy() -> None:
     assert [(c.epoch, c.resumable) for c in rec.checkpoints] == [(4, True), (8, True)]
 
 
+def test_a_checkpoint_epoch_packs_first_then_hands_over_points_progress_and_checkpoints(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The points up to a checkpoint go first (a resume from it loses none), the held best weights right before the
+    # epoch's own checkpoint; both are packed before the points leave, so the worker's writer finds the epoch's
+    # writes queued together and applies them in one transaction.
+    spec, data = _overfitting_case(16)  # epoch 9 is best: epoch 12's checkpoint comes after its held weights
+    calls: list[tuple[str, int]] = []
+    real_pack = engine_loop.pack_weights
+    monkeypatch.setattr(engine_loop, "pack_weights", lambda *a, **k: calls.append(("pack", k["epoch"])) or real_pack(*a, **k))
+    fit(mlp(0, 4, 8, 1), spec, data, clock=frozen_clock,
+        on_points=lambda points: calls.append(("points", max(p.epoch for p in points))),
+        on_progress=lambda progress: calls.append(("progress", progress.epoch)),
+        on_checkpoint=lambda blob: calls.append(("best weights" if not blob.resumable else "checkpoint", blob.epoch)))
+    at_checkpoints = [i for i, (kind, _) in enumerate(calls) if kind == "checkpoint"]
+    assert [calls[i][1] for i in at_checkpoints] == [4, 8, 12, 16]
+    i = at_checkpoints[2]
+    assert calls[i - 5 : i + 1] == [("pack", 9), ("pack", 12), ("points", 12), ("progress", 12), ("best weights", 9),
+                                     ("checkpoint", 12)]
+    for i in at_checkpoints:
+        assert calls[i - 2 : i] in ([("points", calls[i][1]), ("progress", calls[i][1])],
+                                    [("progress", calls[i][1]), ("best weights", 9)])
+
+
 def test_a_resumed_run_still_writes_the_best_epoch() -> None:
     spec, data = _overfitting_case(30, early_stopping={"monitor": "val_loss", "patience": 3})
     whole = Recorder()

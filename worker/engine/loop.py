@@ -254,10 +254,12 @@ class _Run:
                                   else self.clock() - self.last_checkpoint >= AUTO_CHECKPOINT_EVERY_S)
         self.best.offer(self.model, metrics.get(self.ckpt_monitor), epoch=epoch, step=self.step, metrics=metrics,
                         checkpointed_now=checkpoint_now)
-        # Points up to a checkpoint are stored before it, so a resume from it loses none.
+        # Packed first, handed over right after the points: the writer then takes points, progress and checkpoint in
+        # one transaction. Points up to a checkpoint are stored before it, so a resume from it loses none.
+        blobs = self._checkpoint_blobs(last) if checkpoint_now else []
         self.points.send(self._progress(), force=checkpoint_now or self.cb.points_every_epoch)
-        if checkpoint_now:
-            self._checkpoint(last)
+        for blob in blobs:
+            self.cb.on_checkpoint(blob)
         return last
 
     def _step_epoch_schedulers(self) -> None:
@@ -273,11 +275,13 @@ class _Run:
                 self.status = "early_stopped"
                 log.info("engine.early_stopped epoch=%d %s best=%s", self.epoch, self.stopper.name, self.stopper.best)
 
-    def _checkpoint(self, last: bool) -> None:
+    def _checkpoint_blobs(self, last: bool) -> list[CheckpointBlob]:
+        """This epoch's checkpoint, after the held weights of an earlier, better epoch if there are any."""
         self.last_checkpoint = self.clock()
+        blobs = []
         held = self.best.take()
         if held is not None:  # an earlier epoch was better than this one: its weights go first, as `best`
-            self.cb.on_checkpoint(CheckpointBlob(
+            blobs.append(CheckpointBlob(
                 step=held.step, epoch=held.epoch, weights=pack_weights(held.state_dict, self.data, step=held.step,
                                                                        epoch=held.epoch),
                 state=b"", metrics=held.metrics, monitor=self.ckpt_monitor, monitor_value=held.value,
@@ -288,12 +292,13 @@ class _Run:
                                                           "bad_epochs": self.stopper.bad_epochs},
             "best_value": self.best.value,
         }
-        self.cb.on_checkpoint(CheckpointBlob(
+        blobs.append(CheckpointBlob(
             step=self.step, epoch=self.epoch,
             weights=pack_weights(self.model, self.data, step=self.step, epoch=self.epoch),
             state=pack_state(self.optimizer, self.scheduler, self.order, self.dev, loop),
             metrics=dict(self.metrics), monitor=self.ckpt_monitor, monitor_value=self.metrics.get(self.ckpt_monitor),
             is_final=last))
+        return blobs
 
     # --- finish ----------------------------------------------------------------------------------------
 
