@@ -1,6 +1,6 @@
 """The worker's background writer (worker.recorder) against a real SQLite database: what fit() reports while the
 writer is busy goes in one transaction, in order, and a write retried after a commit nobody heard stores nothing
-twice."""
+twice, and a batch that finds the lease gone stores nothing."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from service.models import Checkpoint, Job, MetricPoint, MetricSeries, utcnow
 from service.settings import Settings
 from service.spec import JobSpec
 from worker.engine import CheckpointBlob, Point, Progress
-from worker.recorder import BackgroundWriter, JobRecorder
+from worker.recorder import BackgroundWriter, JobRecorder, LeaseLost
 
 OWNER = "worker-1"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -148,3 +148,33 @@ def test_a_write_retried_after_a_commit_nobody_heard_stores_nothing_twice(
     assert lost == [1]
     assert stored(engine, job_id) == {"epoch_step": (1, 4), "checkpoints": [(4, 1)], "latest": 4, "points": 8,
                                       "series": {"train_loss": 4, "lr": 4}}
+
+
+def test_a_batch_that_finds_the_lease_gone_stores_nothing_and_stops_the_run(engine: Engine, job_id: str) -> None:
+    """Another worker took the job over: the batch's points, progress and checkpoint are rolled back together (the
+    job row's changes, checked against the lease, are written last in the transaction) and training is told."""
+    writer = BackgroundWriter(job_id=job_id, max_bytes=1 << 20)
+    recorder = JobRecorder(job_id=job_id, owner=OWNER, spec=SPEC, writer=writer)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(session: Session, is_retry: bool) -> None:
+        busy.set()
+        assert release.wait(30)
+
+    writer.start()
+    writer.submit(hold, size=1, what="hold")
+    assert busy.wait(30)
+    with Session(engine) as session, session.begin():
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.lease_owner = "worker-2"
+    recorder.points(points(1, range(1, 5)))
+    recorder.progress(Progress(1, 3, 4, 12, 1.0))
+    release.set()
+    with pytest.raises(LeaseLost):
+        writer.flush()
+    writer.close()
+    assert stored(engine, job_id) == {"epoch_step": (0, 0), "checkpoints": [], "latest": None, "points": 0,
+                                      "series": {}}
+    with pytest.raises(LeaseLost):  # every later report says so too: the run stops
+        recorder.checkpoint(blob(1, 4))

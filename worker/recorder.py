@@ -6,8 +6,9 @@ waits for the database. Whatever is queued when the thread comes for work goes i
 end queues points, progress and a checkpoint together): the writer's CPU, and the GIL it holds, are taken from
 training, and a transaction's own cost (session, commit) is much of a small write's. While the database is away
 the writer retries for as long as the outage lasts (an outage never fails a job); once the buffer is full, the
-training thread waits, so memory stays bounded. A write that finds the lease gone (another worker resumed the
-job) stops everything.
+training thread waits, so memory stays bounded. The job-row changes of a transaction's writes (last metrics,
+progress, checkpoint pointers) go in one UPDATE at its end that also checks the lease: a transaction that finds
+the lease gone (another worker resumed the job) is rolled back whole, and stops everything.
 Nothing is lost on a kill: a resumed run replays from its latest written checkpoint.
 """
 
@@ -165,9 +166,28 @@ class BackgroundWriter(threading.Thread):
 
 
 def _apply(batch: list[tuple[Write, int, str]], session: Session, is_retry: bool) -> None:
-    """The writes in the order they were submitted, in the caller's one transaction."""
+    """The writes in the order they were submitted, then the job-row changes they staged, in the caller's one
+    transaction."""
     for write, _, _ in batch:
         write(session, is_retry)
+    for (job_id, owner), values in session.info.pop(_STAGED, {}).items():
+        update_owned(session, job_id, owner, **values)  # the lease check: LeaseLost rolls the whole batch back
+
+
+_STAGED = "trainserve.staged_job_changes"
+
+
+def stage_job_changes(session: Session, job_id: str, owner: str, **values: Any) -> None:
+    """Columns of a job we hold the lease of, written as the writer's transaction ends by one lease-checked UPDATE
+    (see _apply): an epoch's points, progress and checkpoint each change the job row, and three UPDATEs cost the
+    writer thread three round trips of GIL-held work. A later write's value for a column replaces an earlier one's,
+    as the UPDATEs one after another would."""
+    session.info.setdefault(_STAGED, {}).setdefault((job_id, owner), {}).update(values)
+
+
+def _staged(session: Session, job_id: str, owner: str) -> dict[str, Any]:
+    staged: dict[str, Any] = session.info.get(_STAGED, {}).get((job_id, owner), {})
+    return staged
 
 
 class JobRecorder:
@@ -192,7 +212,7 @@ class JobRecorder:
         job_id, owner = self.job_id, self.owner
 
         def write(session: Session, is_retry: bool) -> None:
-            update_owned(session, job_id, owner, last_metrics=last)  # checks the lease first
+            stage_job_changes(session, job_id, owner, last_metrics=last)
             # The failed attempt may have committed without us hearing: a batch is written whole in one
             # transaction, so finding its first point means it is in. Never duplicate.
             if is_retry and rows and session.scalar(select(MetricPoint.id).where(
@@ -207,7 +227,7 @@ class JobRecorder:
         STEPS.inc(max(0, progress.step - self.last_step))
         self.last_step = progress.step
         job_id, owner = self.job_id, self.owner
-        self.writer.submit(lambda session, _retry: update_owned(
+        self.writer.submit(lambda session, _retry: stage_job_changes(
             session, job_id, owner, epoch=progress.epoch, step=progress.step, total_steps=progress.total_steps,
             epochs=progress.epochs), size=POINT_BYTES, what="progress")
 
@@ -216,14 +236,19 @@ class JobRecorder:
         job_id, owner = self.job_id, self.owner
 
         def write(session: Session, is_retry: bool) -> None:
-            row = session.connection().execute(_POINTERS, {"owned_id": job_id, "owned_by": owner}).first()
-            if row is None:
-                raise LeaseLost(job_id)
+            staged = _staged(session, job_id, owner)
+            if "latest_checkpoint_id" in staged:  # an earlier checkpoint of this batch moved them
+                pointers = (staged["best_checkpoint_id"], staged["latest_checkpoint_id"])
+            else:
+                row = session.connection().execute(_POINTERS, {"owned_id": job_id, "owned_by": owner}).first()
+                if row is None:
+                    raise LeaseLost(job_id)
+                pointers = (row.best_checkpoint_id, row.latest_checkpoint_id)
             # As for points: an attempt that committed without us hearing has stored this checkpoint already (a
             # run writes one checkpoint with state, and at most one best-weights one without, per step).
             if is_retry and _stored(session, job_id, step=blob.step, with_state=bool(blob.state)):
                 return
-            job = CheckpointPointers(job_id, *row)
+            job = CheckpointPointers(job_id, *pointers)
             record_checkpoint(session, job=job, step=blob.step, epoch=blob.epoch, metric=blob.monitor,
                               value=blob.monitor_value, weights=blob.weights, state=blob.state,
                               is_final=blob.is_final, keep_last=policy.keep_last, keep_best=policy.keep_best,
@@ -232,7 +257,7 @@ class JobRecorder:
                                      "latest_checkpoint_id": job.latest_checkpoint_id}
             if blob.state:  # a best-weights checkpoint is an earlier epoch's: progress does not move back
                 moved.update(epoch=blob.epoch, step=blob.step)
-            update_owned(session, job_id, owner, **moved)
+            stage_job_changes(session, job_id, owner, **moved)
 
         self.writer.submit(write, size=len(blob.weights) + len(blob.state), what="checkpoint")
 
