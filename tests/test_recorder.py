@@ -88,7 +88,9 @@ def stored(engine: Engine, job_id: str) -> dict[str, Any]:
         }
 
 
-def test_writes_queued_while_the_writer_is_busy_go_in_one_transaction_in_order(engine: Engine, job_id: str) -> None:
+def busy_writer(job_id: str) -> tuple[BackgroundWriter, JobRecorder, threading.Event]:
+    """A started writer and its recorder, the writer held inside a first write (which writes nothing, so commits
+    nothing) until the returned event is set: what is reported meanwhile queues up for its next transaction."""
     writer = BackgroundWriter(job_id=job_id, max_bytes=1 << 20)
     recorder = JobRecorder(job_id=job_id, owner=OWNER, spec=SPEC, writer=writer)
     busy, release = threading.Event(), threading.Event()
@@ -100,6 +102,11 @@ def test_writes_queued_while_the_writer_is_busy_go_in_one_transaction_in_order(e
     writer.start()
     writer.submit(hold, size=1, what="hold")
     assert busy.wait(30)
+    return writer, recorder, release
+
+
+def test_writes_queued_while_the_writer_is_busy_go_in_one_transaction_in_order(engine: Engine, job_id: str) -> None:
+    writer, recorder, release = busy_writer(job_id)
     seen = commits(engine)
     # An epoch's end (points, progress, its checkpoint), then the next epoch's first points and progress: the
     # progress written after the checkpoint must be what the job row says at the end.
@@ -120,14 +127,7 @@ def test_a_write_retried_after_a_commit_nobody_heard_stores_nothing_twice(
         engine: Engine, job_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The connection drops as the commit's answer is on its way: the writer retries the whole transaction,
     and the points and checkpoint it finds already stored are not written again."""
-    writer = BackgroundWriter(job_id=job_id, max_bytes=1 << 20)
-    recorder = JobRecorder(job_id=job_id, owner=OWNER, spec=SPEC, writer=writer)
-    busy, release = threading.Event(), threading.Event()
     commit, lost = engine.dialect.do_commit, []
-
-    def hold(session: Session, is_retry: bool) -> None:
-        busy.set()
-        assert release.wait(30)
 
     def commit_then_lose_the_answer(dbapi_connection: Any) -> None:
         commit(dbapi_connection)
@@ -136,9 +136,7 @@ def test_a_write_retried_after_a_commit_nobody_heard_stores_nothing_twice(
             raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(engine.dialect, "do_commit", commit_then_lose_the_answer)
-    writer.start()
-    writer.submit(hold, size=1, what="hold")  # wrote nothing: no commit
-    assert busy.wait(30)
+    writer, recorder, release = busy_writer(job_id)
     recorder.points(points(1, range(1, 5)))
     recorder.progress(Progress(1, 3, 4, 12, 1.0))
     recorder.checkpoint(blob(1, 4))
@@ -153,17 +151,7 @@ def test_a_write_retried_after_a_commit_nobody_heard_stores_nothing_twice(
 def test_a_batch_that_finds_the_lease_gone_stores_nothing_and_stops_the_run(engine: Engine, job_id: str) -> None:
     """Another worker took the job over: the batch's points, progress and checkpoint are rolled back together (the
     job row's changes, checked against the lease, are written last in the transaction) and training is told."""
-    writer = BackgroundWriter(job_id=job_id, max_bytes=1 << 20)
-    recorder = JobRecorder(job_id=job_id, owner=OWNER, spec=SPEC, writer=writer)
-    busy, release = threading.Event(), threading.Event()
-
-    def hold(session: Session, is_retry: bool) -> None:
-        busy.set()
-        assert release.wait(30)
-
-    writer.start()
-    writer.submit(hold, size=1, what="hold")
-    assert busy.wait(30)
+    writer, recorder, release = busy_writer(job_id)
     with Session(engine) as session, session.begin():
         job = session.get(Job, job_id)
         assert job is not None
