@@ -40,19 +40,22 @@ def direct_call(module: nn.Module) -> Forward:
 
     Ask again whenever hooks may have changed (fit() asks once per epoch).
     """
-    if _hooks_anywhere(list(module.modules())):
-        return module
-    if type(module) is nn.Sequential:
-        steps = tuple(direct_call(child) for child in module)
+    return module if _hooks_anywhere(list(module.modules())) else _forward_of(module)
 
-        def chained(x: torch.Tensor) -> torch.Tensor:
-            for step in steps:
-                x = step(x)
-            return x
 
-        return chained
-    forward: Forward = module.forward
-    return forward
+def _forward_of(module: nn.Module) -> Forward:
+    """``module``'s forward, a Sequential's unrolled into its children's (none of them has hooks: checked once)."""
+    if type(module) is not nn.Sequential:
+        forward: Forward = module.forward
+        return forward
+    steps = tuple(_forward_of(child) for child in module)
+
+    def chained(x: torch.Tensor) -> torch.Tensor:
+        for step in steps:
+            x = step(x)
+        return x
+
+    return chained
 
 
 def grad_clearer(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
