@@ -68,7 +68,7 @@ class Sizes:
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
             return cls(Case(SEED_MLP, 32, 8192, 3), 1, 1, 20_000, 200_000, 3)
-        return cls(Case(SEED_MLP, 32, 8192, 16), 5, 3, 100_000, 1_000_000, 7)
+        return cls(Case(SEED_MLP, 32, 8192, 16), 9, 3, 100_000, 1_000_000, 7)
 
 
 # --- databases ----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import io
 import math
 from collections.abc import Sequence
 from contextlib import closing
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -92,15 +92,24 @@ def _stride(before: list[int], stride: int | None, steps: list[int]) -> int | No
     return stride
 
 
-def _insert_points_postgresql(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
-    # One statement whose one parameter is the batch as JSON, unpacked by the server (json_to_recordset): orjson
-    # encodes the points' dicts, datetimes included, in C, where COPY formatted each row in Python with the writer
-    # thread holding the GIL the training thread waits for. The server parses each field as its column's type
-    # (text to float8 takes "NaN" and "Infinity", which JSON cannot spell as numbers).
+def _batch_json(points: Sequence[dict[str, Any]]) -> str:
+    """The batch as one JSON array of the points' dicts, encoded by orjson in C (datetimes included, as RFC 3339),
+    for the database to unpack: the writer thread holds the GIL the training thread waits for only for this call,
+    where binding six parameters a row, formatting a COPY row or converting a time in Python cost microseconds a
+    point. JSON has no inf or NaN (orjson writes null): those values travel as the strings each database reads."""
     if not all(map(math.isfinite, (p["value"] for p in points))):
-        points = [p if math.isfinite(p["value"]) else {**p, "value": _json_value(p["value"])} for p in points]
+        points = [p if math.isfinite(p["value"]) else {**p, "value": _NON_FINITE[repr(float(p["value"]))]}
+                  for p in points]
+    return orjson.dumps(points, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+
+
+def _insert_points_postgresql(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
+    # json_to_recordset parses each field as its column's type (text to float8 takes "NaN" and "Infinity").
     with closing(connection.connection.cursor()) as cursor:
-        cursor.execute(_POSTGRESQL_INSERT, (job_id, orjson.dumps(points, option=orjson.OPT_SERIALIZE_NUMPY).decode()))
+        cursor.execute(_POSTGRESQL_INSERT, (job_id, _batch_json(points)))
 
 
 _POSTGRESQL_INSERT = f"""INSERT INTO {MetricPoint.__tablename__} ({_COLUMNS})
@@ -110,36 +119,23 @@ FROM json_to_recordset(%s::json) AS p(name text, step integer, epoch integer, va
 
 
 def _insert_points_sqlite(connection: Connection, job_id: str, points: Sequence[dict[str, Any]]) -> None:
-    # One statement for the whole batch: the rows travel as one JSON array that SQLite unpacks itself (json_each),
-    # so the writer thread holds the GIL for a list and an orjson call instead of binding six parameters a row
-    # (the GIL is released while SQLite works, and the training thread is the one waiting for it). Times travel as
-    # microseconds since the epoch and are written in SQLAlchemy's SQLite text format, as every other write does.
-    cache: dict[datetime, int] = {}  # a step's points share one time object
-    rows = []
-    for p in points:
-        when = p["time"]
-        micros = cache.get(when)
-        if micros is None:
-            micros = cache[when] = (when.replace(tzinfo=None) - _EPOCH) // _MICROSECOND
-        rows.append((p["name"], p["step"], p["epoch"], _json_value(p["value"]), micros))
-    connection.exec_driver_sql(_SQLITE_INSERT, (job_id, orjson.dumps(rows).decode()))
+    # SQLite unpacks the batch itself (json_each), with the GIL released. Times are written in SQLAlchemy's SQLite
+    # text format, as every other write does: strftime reads the RFC 3339 time (moving an offset to UTC) to the
+    # second, and the microseconds, which it would round to milliseconds, are taken from the text.
+    connection.exec_driver_sql(_SQLITE_INSERT, (job_id, _batch_json(points)))
 
 
-_EPOCH, _MICROSECOND = datetime(1970, 1, 1), timedelta(microseconds=1)
 # SQLite stores a NaN REAL as NULL, which the NOT NULL column refuses; as text it is kept (and read back by
-# finite_or_none). Infinities are ordinary REALs there (9e999 is how SQL spells one); JSON has none of the three.
-_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+# finite_or_none). Infinities are ordinary REALs there (9e999 is how SQL spells one).
 _SQLITE_INSERT = f"""INSERT INTO {MetricPoint.__tablename__} ({_COLUMNS})
-SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-  CASE json_extract(value, '$[3]') WHEN 'Infinity' THEN 9e999 WHEN '-Infinity' THEN -9e999
-    ELSE json_extract(value, '$[3]') END,
-  strftime('%Y-%m-%d %H:%M:%S', json_extract(value, '$[4]') / 1000000, 'unixepoch')
-    || printf('.%06d', json_extract(value, '$[4]') % 1000000)
-FROM json_each(?)"""
-
-
-def _json_value(value: float) -> float | str:
-    return float(value) if math.isfinite(value) else _NON_FINITE[repr(float(value))]
+SELECT ?, p.name, p.step, p.epoch,
+  CASE p.value WHEN 'Infinity' THEN 9e999 WHEN '-Infinity' THEN -9e999 ELSE p.value END,
+  strftime('%Y-%m-%d %H:%M:%S', p.time)
+    || CASE substr(p.time, 20, 1) WHEN '.' THEN substr(p.time, 20, 7) ELSE '.000000' END
+FROM (SELECT json_extract(value, '$.name') AS name, json_extract(value, '$.step') AS step,
+             json_extract(value, '$.epoch') AS epoch, json_extract(value, '$.value') AS value,
+             json_extract(value, '$.time') AS time
+      FROM json_each(?)) AS p"""
 
 
 def drop_points_after(session: Session, *, job_id: str, step: int) -> None:

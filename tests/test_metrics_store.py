@@ -73,6 +73,23 @@ def test_points_read_back_as_written(sessions: sessionmaker[Session]) -> None:
     assert p.time.replace(tzinfo=timezone.utc) == T0 + timedelta(milliseconds=20)
 
 
+def test_point_times_read_back_to_the_microsecond_in_utc(sessions: sessionmaker[Session]) -> None:
+    """The batch travels as JSON text (RFC 3339 times): whole seconds, microseconds and another offset than UTC
+    come back as the same instants, and a float comes back as the same float."""
+    times = {1: T0, 2: T0 + timedelta(microseconds=1), 3: T0 + timedelta(seconds=59, microseconds=999_999),
+             4: datetime(2026, 1, 1, 2, 0, 0, 250, tzinfo=timezone(timedelta(hours=2)))}
+    with sessions() as session, session.begin():
+        job = Job(tenant="t", name="times", status="running", spec={}, report={}, data_info={}, last_metrics={})
+        session.add(job)
+        session.flush()
+        record_points(session, job_id=job.id, points=[
+            {"name": "loss", "step": step, "epoch": 1, "value": 0.1 + 0.2 + step, "time": when}
+            for step, when in times.items()])
+        job_id = job.id
+    points = _read(sessions, job_id)
+    assert [p.time.replace(tzinfo=timezone.utc) if p.time.tzinfo is None else p.time for p in points] == list(times.values())
+    assert [p.value for p in points] == [0.1 + 0.2 + step for step in times]
+
 @pytest.mark.parametrize("max_points", [1, 2, 3, 7, 10, 499, 500, 501, 776, 777, 1000, 5000])
 def test_sql_downsampling_matches_python(sessions: sessionmaker[Session], max_points: int) -> None:
     steps = _series_steps()
