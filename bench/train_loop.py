@@ -450,6 +450,8 @@ def measure_case(
     else:
         errors["fit"] = errors["fit_log1"] = errors["fit_bare"] = fit_error
     if only is not None:  # --only: the other columns stay empty ("missing")
+        if "b" in only and b_threads is None:
+            only = only | {"b_default"}  # (b) is the faster of its two thread counts: both run (see below)
         contenders = {key: value for key, value in contenders.items() if key in only}
     threads = {key: DEFAULT_THREADS for key in contenders}
     threads["b"] = b_threads or 1  # and b_default runs at the default count: (b) is the faster (see below)
