@@ -4,7 +4,9 @@ Three parts, each against its peer in this one run, on SQLite and on PostgreSQL:
 
 (a) training: ``worker.engine.fit()`` with the worker's own callbacks (``worker.recorder.JobRecorder`` and its background writer) storing
     points, progress and checkpoints in the database, against the same fit() storing nothing (no step points,
-    only the final checkpoint, callbacks that drop everything). Goal: ratio >= 0.95.
+    only the final checkpoint, callbacks that drop everything). Goal: ratio >= 0.95. A fourth variant trains storing
+    nothing while a child process writes the same points and checkpoints through the same recorder at training's
+    pace: what the writes cost training when they share the machine but not the interpreter (its lock).
 (b) ingestion: rows/s of ``service.metrics.record_points`` against the raw driver's fastest path: one
     ``executemany`` on SQLite, ``COPY`` on PostgreSQL (psycopg 3 ``cursor.copy``); in one transaction, and in
     batches of the worker's flush size with a transaction each.
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sqlite3
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -129,6 +133,9 @@ FIT_VARIANTS = {
     "off": "fit() storing nothing",
     "default": "fit() storing points + checkpoints, default cadence",
     "every": "fit() storing a point every step + a checkpoint every epoch",
+    # What the same writes cost training when no thread of its process makes them: the floor for any writer on this
+    # machine (the database's and the writer's CPU, without sharing the interpreter lock).
+    "elsewhere": "fit() storing nothing while another process writes what `every` writes, at training's pace",
 }
 
 
@@ -141,17 +148,20 @@ def fit_spec(adapter: FitAdapter, case: Case, variant: str) -> Any:
 
 
 def run_fit(adapter: FitAdapter, case: Case, variant: str, template: torch.nn.Module, x: torch.Tensor,
-            y: torch.Tensor) -> tuple[float, dict[str, int]]:
+            y: torch.Tensor, replayer: Replayer | None = None) -> tuple[float, dict[str, int]]:
     """Seconds of one fit() and what it stored, with the worker's recorder writing to service.db's database."""
     from worker.data import TrainData
     from worker.recorder import BackgroundWriter, JobRecorder
 
-    spec = fit_spec(adapter, case, variant)
+    spec = fit_spec(adapter, case, "off" if variant == "elsewhere" else variant)
     model = adapter.model_for(case, template)
     data = TrainData(x_train=x, y_train=y, x_val=None, y_val=None, task="regression")
     stored = {"points": 0, "checkpoints": 0}
     writer = None
-    if variant == "off":
+    if variant == "elsewhere":
+        assert replayer is not None
+        stored = replayer.start()
+    if variant in ("off", "elsewhere"):
         callbacks: dict[str, Callable[..., None]] = {
             "on_points": lambda points: None, "on_checkpoint": lambda blob: None, "on_progress": lambda p: None}
     else:
@@ -175,7 +185,86 @@ def run_fit(adapter: FitAdapter, case: Case, variant: str, template: torch.nn.Mo
     if writer is not None:  # timed until every point and checkpoint is in the database, as the job's end is
         writer.flush()
         writer.close()
-    return time.perf_counter() - started, stored
+    seconds = time.perf_counter() - started
+    if replayer is not None and variant == "elsewhere":
+        replayer.wait()  # untimed: the next run must not share the machine with it
+    return seconds, stored
+
+
+class Replayer:
+    """A child process (``--replay``) that writes one recorded `every` run's points, progress and checkpoints
+    through the worker's recorder, epoch by epoch at a given pace, each time it is started."""
+
+    def __init__(self, url: str, home: Path, spec: Any, calls: list[tuple[str, Any]], pace: float) -> None:
+        self.path = home / "replay.pickle"
+        self.path.write_bytes(pickle.dumps((spec, calls)))
+        self.stored = {"points": sum(len(arg) for kind, arg in calls if kind == "points"),
+                       "checkpoints": sum(kind == "checkpoint" for kind, _ in calls)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.metrics_store", "--replay", url, str(home), str(self.path), str(pace)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._expect("ready")
+
+    def start(self) -> dict[str, int]:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        return dict(self.stored)
+
+    def wait(self) -> None:
+        self._expect("done")
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+    def _expect(self, word: str) -> None:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if line != word:
+            self.process.kill()
+            raise RuntimeError(f"replay process said {line!r}, expected {word!r}")
+
+
+def replay_main(url: str, home: Path, path: Path, pace: float) -> int:
+    """The Replayer's child: on each "go" line, a new job of its own and the recorded writes into it, the epochs'
+    writes `pace` seconds apart (training's pace), each flushed as the worker's writer would take them."""
+    from worker.recorder import BackgroundWriter, JobRecorder
+
+    spec, calls = pickle.loads(path.read_bytes())
+    with service_database(url, home):
+        print("ready", flush=True)
+        for _ in sys.stdin:
+            owner = f"replay-{os.getpid()}"
+            writer = BackgroundWriter(job_id=new_job(db.get_engine(), owner=owner), max_bytes=256 * 1024 * 1024)
+            writer.start()
+            recorder = JobRecorder(job_id=writer.job_id, owner=owner, spec=spec, writer=writer)
+            started, epochs = time.perf_counter(), 0
+            for kind, arg in calls:
+                getattr(recorder, kind)(arg)
+                if kind == "checkpoint":  # an epoch's end: its points, progress and checkpoint are queued
+                    epochs += 1
+                    time.sleep(max(0.0, started + epochs * pace - time.perf_counter()))
+            writer.flush()
+            writer.close()
+            print("done", flush=True)
+    return 0
+
+
+def record_every_run(adapter: FitAdapter, case: Case, template: torch.nn.Module, x: torch.Tensor,
+                     y: torch.Tensor) -> tuple[Any, list[tuple[str, Any]]]:
+    """The `every` variant's spec and its callbacks' calls, in order, for a Replayer."""
+    from worker.data import TrainData
+
+    spec = fit_spec(adapter, case, "every")
+    calls: list[tuple[str, Any]] = []
+    data = TrainData(x_train=x, y_train=y, x_val=None, y_val=None, task="regression")
+    adapter.fit(adapter.model_for(case, template), spec, data, device="cpu", should_stop=lambda: False,
+                on_points=lambda points: calls.append(("points", points)),
+                on_checkpoint=lambda blob: calls.append(("checkpoint", blob)),
+                on_progress=lambda progress: calls.append(("progress", progress)))
+    return spec, calls
 
 
 def measure_training(urls: dict[str, str], sizes: Sizes, home: Path) -> dict[str, dict[str, Any]]:
@@ -187,17 +276,23 @@ def measure_training(urls: dict[str, str], sizes: Sizes, home: Path) -> dict[str
     template = case.workload.build()
     x, y = case.workload.make_data(case.n_rows)
     results: dict[str, dict[str, Any]] = {}
+    spec, calls = record_every_run(adapter, case, template, x, y)
     for name, url in urls.items():
         seconds: dict[str, list[float]] = {v: [] for v in FIT_VARIANTS}
         stored: dict[str, dict[str, int]] = {}
         with service_database(url, home):
-            variants = list(FIT_VARIANTS)
-            for rep in range(-1, sizes.fit_repeats):  # a warm-up, then repeats in rotating order
-                shift = max(rep, 0) % len(variants)
-                for variant in variants[shift:] + variants[:shift]:
-                    secs, stored[variant] = run_fit(adapter, case, variant, template, x, y)
-                    if rep >= 0:
-                        seconds[variant].append(secs)
+            pace = run_fit(adapter, case, "off", template, x, y)[0] / case.epochs  # an epoch of training
+            replayer = Replayer(url, home, spec, calls, pace)
+            try:
+                variants = list(FIT_VARIANTS)
+                for rep in range(-1, sizes.fit_repeats):  # a warm-up, then repeats in rotating order
+                    shift = max(rep, 0) % len(variants)
+                    for variant in variants[shift:] + variants[:shift]:
+                        secs, stored[variant] = run_fit(adapter, case, variant, template, x, y, replayer)
+                        if rep >= 0:
+                            seconds[variant].append(secs)
+            finally:
+                replayer.close()
         results[name] = {"samples_per_s": {v: case.samples / statistics.median(s) for v, s in seconds.items()},
                          "seconds": seconds, "stored": stored}
     return results
@@ -390,7 +485,7 @@ def table_rows(training: dict[str, Any], ingestion: dict[str, Any], reads: dict[
     case = sizes.fit_case
     for name in DATABASES:
         sps, stored = training[name]["samples_per_s"], training[name]["stored"]
-        for variant in ("default", "every"):
+        for variant in ("default", "every", "elsewhere"):
             rows.append(Row(f"(a) {FIT_VARIANTS[variant]}, {DB_TITLES[name]} (samples/s)", sps[variant],
                             FIT_VARIANTS["off"], sps["off"], unit="samples/s", digits=0,
                             note=f"{stored[variant]['points']} points, {stored[variant]['checkpoints']} checkpoints; "
@@ -421,7 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.metrics_store", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs, one repeat: a smoke run")
     parser.add_argument("--out", type=Path, default=None, help="where to write the JSON (bench/results/...)")
+    parser.add_argument("--replay", nargs=4, metavar=("URL", "HOME", "PICKLE", "PACE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.replay:  # the Replayer's child process
+        url, home, path, pace = args.replay
+        return replay_main(url, Path(home), Path(path), float(pace))
     sizes = Sizes.for_run(args.quick)
     started, load = time.perf_counter(), load_average()
 
