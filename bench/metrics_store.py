@@ -147,15 +147,29 @@ def fit_spec(adapter: FitAdapter, case: Case, variant: str) -> Any:
     return spec.model_copy(update={"training": spec.training.model_copy(update={"checkpoint": checkpoint})})
 
 
+def start_recorder(spec: Any) -> tuple[Any, Any]:
+    """The worker's BackgroundWriter (started, with the worker's default buffer) and a JobRecorder writing through
+    it into a new job of the default tenant leased to this process, in service.db's database."""
+    from worker.recorder import BackgroundWriter, JobRecorder
+
+    owner = f"bench-{os.getpid()}"
+    writer = BackgroundWriter(job_id=new_job(db.get_engine(), owner=owner), max_bytes=256 * 1024 * 1024)
+    writer.start()
+    return writer, JobRecorder(job_id=writer.job_id, owner=owner, spec=spec, writer=writer)
+
+
+def regression_data(x: torch.Tensor, y: torch.Tensor) -> Any:
+    from worker.data import TrainData
+
+    return TrainData(x_train=x, y_train=y, x_val=None, y_val=None, task="regression")
+
+
 def run_fit(adapter: FitAdapter, case: Case, variant: str, template: torch.nn.Module, x: torch.Tensor,
             y: torch.Tensor, replayer: Replayer | None = None) -> tuple[float, dict[str, int]]:
     """Seconds of one fit() and what it stored, with the worker's recorder writing to service.db's database."""
-    from worker.data import TrainData
-    from worker.recorder import BackgroundWriter, JobRecorder
-
     spec = fit_spec(adapter, case, "off" if variant == "elsewhere" else variant)
     model = adapter.model_for(case, template)
-    data = TrainData(x_train=x, y_train=y, x_val=None, y_val=None, task="regression")
+    data = regression_data(x, y)
     stored = {"points": 0, "checkpoints": 0}
     writer = None
     if variant == "elsewhere":
@@ -165,11 +179,7 @@ def run_fit(adapter: FitAdapter, case: Case, variant: str, template: torch.nn.Mo
         callbacks: dict[str, Callable[..., None]] = {
             "on_points": lambda points: None, "on_checkpoint": lambda blob: None, "on_progress": lambda p: None}
     else:
-        owner = f"bench-{os.getpid()}"
-        job_id = new_job(db.get_engine(), owner=owner)
-        writer = BackgroundWriter(job_id=job_id, max_bytes=256 * 1024 * 1024)  # the worker's default buffer
-        writer.start()
-        recorder = JobRecorder(job_id=job_id, owner=owner, spec=spec, writer=writer)
+        writer, recorder = start_recorder(spec)
 
         def on_points(points: list[Any]) -> None:
             stored["points"] += len(points)
@@ -230,16 +240,11 @@ class Replayer:
 def replay_main(url: str, home: Path, path: Path, pace: float) -> int:
     """The Replayer's child: on each "go" line, a new job of its own and the recorded writes into it, the epochs'
     writes `pace` seconds apart (training's pace), each flushed as the worker's writer would take them."""
-    from worker.recorder import BackgroundWriter, JobRecorder
-
     spec, calls = pickle.loads(path.read_bytes())
     with service_database(url, home):
         print("ready", flush=True)
         for _ in sys.stdin:
-            owner = f"replay-{os.getpid()}"
-            writer = BackgroundWriter(job_id=new_job(db.get_engine(), owner=owner), max_bytes=256 * 1024 * 1024)
-            writer.start()
-            recorder = JobRecorder(job_id=writer.job_id, owner=owner, spec=spec, writer=writer)
+            writer, recorder = start_recorder(spec)
             started, epochs = time.perf_counter(), 0
             for kind, arg in calls:
                 getattr(recorder, kind)(arg)
@@ -255,12 +260,9 @@ def replay_main(url: str, home: Path, path: Path, pace: float) -> int:
 def record_every_run(adapter: FitAdapter, case: Case, template: torch.nn.Module, x: torch.Tensor,
                      y: torch.Tensor) -> tuple[Any, list[tuple[str, Any]]]:
     """The `every` variant's spec and its callbacks' calls, in order, for a Replayer."""
-    from worker.data import TrainData
-
     spec = fit_spec(adapter, case, "every")
     calls: list[tuple[str, Any]] = []
-    data = TrainData(x_train=x, y_train=y, x_val=None, y_val=None, task="regression")
-    adapter.fit(adapter.model_for(case, template), spec, data, device="cpu", should_stop=lambda: False,
+    adapter.fit(adapter.model_for(case, template), spec, regression_data(x, y), device="cpu", should_stop=lambda: False,
                 on_points=lambda points: calls.append(("points", points)),
                 on_checkpoint=lambda blob: calls.append(("checkpoint", blob)),
                 on_progress=lambda progress: calls.append(("progress", progress)))

@@ -90,6 +90,7 @@ def test_point_times_read_back_to_the_microsecond_in_utc(sessions: sessionmaker[
     assert [p.time.replace(tzinfo=timezone.utc) if p.time.tzinfo is None else p.time for p in points] == list(times.values())
     assert [p.value for p in points] == [0.1 + 0.2 + step for step in times]
 
+
 @pytest.mark.parametrize("max_points", [1, 2, 3, 7, 10, 499, 500, 501, 776, 777, 1000, 5000])
 def test_sql_downsampling_matches_python(sessions: sessionmaker[Session], max_points: int) -> None:
     steps = _series_steps()
