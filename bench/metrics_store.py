@@ -4,9 +4,11 @@ Three parts, each against its peer in this one run, on SQLite and on PostgreSQL:
 
 (a) training: ``worker.engine.fit()`` with the worker's own callbacks (``worker.recorder.JobRecorder`` and its background writer) storing
     points, progress and checkpoints in the database, against the same fit() storing nothing (no step points,
-    only the final checkpoint, callbacks that drop everything). Goal: ratio >= 0.95. A fourth variant trains storing
-    nothing while a child process writes the same points and checkpoints through the same recorder at training's
-    pace: what the writes cost training when they share the machine but not the interpreter (its lock).
+    only the final checkpoint, callbacks that drop everything). Goal: ratio >= 0.95. The recorder hands its batches
+    to the worker's writer process (the default); one variant applies them on its thread instead
+    (TRAINSERVE_WRITER=thread), and one trains storing nothing while a child process writes the same points and
+    checkpoints through the same recorder at training's pace: what the writes cost training when they share the
+    machine but not the interpreter (its lock).
 (b) ingestion: rows/s of ``service.metrics.record_points`` against the raw driver's fastest path: one
     ``executemany`` on SQLite, ``COPY`` on PostgreSQL (psycopg 3 ``cursor.copy``); in one transaction, and in
     batches of the worker's flush size with a transaction each.
@@ -48,6 +50,7 @@ from service.metrics import read_points, recount_series, record_points
 from service.migrate import migrate_to_head
 from service.models import Job, utcnow
 from service.settings import Settings, get_settings
+from worker import writer_process
 from bench._stack import create_pg_database, drop_pg_database
 
 DATABASES = ("sqlite", "postgres")
@@ -133,6 +136,9 @@ FIT_VARIANTS = {
     "off": "fit() storing nothing",
     "default": "fit() storing points + checkpoints, default cadence",
     "every": "fit() storing a point every step + a checkpoint every epoch",
+    # The same writes applied on a thread of the training process (TRAINSERVE_WRITER=thread), not by the worker's
+    # writer process (the default, as in the two rows above).
+    "every_thread": "fit() storing a point every step + a checkpoint every epoch, written on a thread",
     # What the same writes cost training when no thread of its process makes them: the floor for any writer on this
     # machine (the database's and the writer's CPU, without sharing the interpreter lock).
     "elsewhere": "fit() storing nothing while another process writes what `every` writes, at training's pace",
@@ -140,6 +146,7 @@ FIT_VARIANTS = {
 
 
 def fit_spec(adapter: FitAdapter, case: Case, variant: str) -> Any:
+    variant = "every" if variant == "every_thread" else variant
     spec = adapter.spec(case, log_every_steps=1 if variant == "every" else None, bare=variant == "off")
     if variant != "every":
         return spec
@@ -147,13 +154,16 @@ def fit_spec(adapter: FitAdapter, case: Case, variant: str) -> Any:
     return spec.model_copy(update={"training": spec.training.model_copy(update={"checkpoint": checkpoint})})
 
 
-def start_recorder(spec: Any) -> tuple[Any, Any]:
+def start_recorder(spec: Any, *, on_thread: bool) -> tuple[Any, Any]:
     """The worker's BackgroundWriter (started, with the worker's default buffer) and a JobRecorder writing through
-    it into a new job of the default tenant leased to this process, in service.db's database."""
-    from worker.recorder import BackgroundWriter, JobRecorder
+    it into a new job of the default tenant leased to this process, in service.db's database; the batches
+    applied by this process's writer process (the worker's default, started before the timed runs) or on the
+    writer's thread."""
+    from worker.recorder import BackgroundWriter, JobRecorder, apply_here
 
     owner = f"bench-{os.getpid()}"
-    writer = BackgroundWriter(job_id=new_job(db.get_engine(), owner=owner), max_bytes=256 * 1024 * 1024)
+    apply = apply_here if on_thread else writer_process.for_settings(db.current_settings()).apply
+    writer = BackgroundWriter(job_id=new_job(db.get_engine(), owner=owner), max_bytes=256 * 1024 * 1024, apply=apply)
     writer.start()
     return writer, JobRecorder(job_id=writer.job_id, owner=owner, spec=spec, writer=writer)
 
@@ -179,7 +189,7 @@ def run_fit(adapter: FitAdapter, case: Case, variant: str, template: torch.nn.Mo
         callbacks: dict[str, Callable[..., None]] = {
             "on_points": lambda points: None, "on_checkpoint": lambda blob: None, "on_progress": lambda p: None}
     else:
-        writer, recorder = start_recorder(spec)
+        writer, recorder = start_recorder(spec, on_thread=variant == "every_thread")
 
         def on_points(points: list[Any]) -> None:
             stored["points"] += len(points)
@@ -244,7 +254,7 @@ def replay_main(url: str, home: Path, path: Path, pace: float) -> int:
     with service_database(url, home):
         print("ready", flush=True)
         for _ in sys.stdin:
-            writer, recorder = start_recorder(spec)
+            writer, recorder = start_recorder(spec, on_thread=True)  # already another process
             started, epochs = time.perf_counter(), 0
             for kind, arg in calls:
                 getattr(recorder, kind)(arg)
@@ -285,6 +295,7 @@ def measure_training(urls: dict[str, str], sizes: Sizes, home: Path) -> dict[str
         with service_database(url, home):
             pace = run_fit(adapter, case, "off", template, x, y)[0] / case.epochs  # an epoch of training
             replayer = Replayer(url, home, spec, calls, pace)
+            writer_process.for_settings(db.current_settings()).start()  # as a worker starts it, before its jobs
             try:
                 variants = list(FIT_VARIANTS)
                 for rep in range(-1, sizes.fit_repeats):  # a warm-up, then repeats in rotating order
@@ -295,6 +306,7 @@ def measure_training(urls: dict[str, str], sizes: Sizes, home: Path) -> dict[str
                             seconds[variant].append(secs)
             finally:
                 replayer.close()
+                writer_process.close_all()
         results[name] = {"samples_per_s": {v: case.samples / statistics.median(s) for v, s in seconds.items()},
                          "seconds": seconds, "stored": stored}
     return results
@@ -487,7 +499,7 @@ def table_rows(training: dict[str, Any], ingestion: dict[str, Any], reads: dict[
     case = sizes.fit_case
     for name in DATABASES:
         sps, stored = training[name]["samples_per_s"], training[name]["stored"]
-        for variant in ("default", "every", "elsewhere"):
+        for variant in ("default", "every", "every_thread", "elsewhere"):
             rows.append(Row(f"(a) {FIT_VARIANTS[variant]}, {DB_TITLES[name]} (samples/s)", sps[variant],
                             FIT_VARIANTS["off"], sps["off"], unit="samples/s", digits=0,
                             note=f"{stored[variant]['points']} points, {stored[variant]['checkpoints']} checkpoints; "

@@ -81,9 +81,14 @@ def reset() -> None:
         cached.cache_clear()
 
 
+def current_settings() -> Settings:
+    """The settings this process's engine connects with (configure's, else the environment's)."""
+    return _configured or get_settings()
+
+
 @lru_cache
 def get_engine() -> Engine:
-    return make_engine(_configured or get_settings())
+    return make_engine(current_settings())
 
 
 @lru_cache

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # Points and checkpoints a running job may hold in memory while the database is slow or away; past it the
     # training waits (an outage pauses a job, never fails it).
     writer_buffer_bytes: int = 256 * 1024 * 1024
+    # Where a run's writes are applied: "process", a writer process beside each worker process, so the database
+    # work holds none of the interpreter lock training needs (see worker.writer_process); "thread", on a thread
+    # of the training process (one process fewer, training slower while it writes).
+    writer: Literal["process", "thread"] = "process"
     max_attempts: int = 3
     reaper_interval_seconds: float = 10.0
 

@@ -1,12 +1,18 @@
 """The worker's background writer (worker.recorder) against a real SQLite database: what fit() reports while the
 writer is busy goes in one transaction, in order, and a write retried after a commit nobody heard stores nothing
-twice, and a batch that finds the lease gone stores nothing."""
+twice, and a batch that finds the lease gone stores nothing. Then the same through the writer process: a run
+stored in order, a lost lease, the process killed with a batch, a refused write, and its worker killed."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,9 @@ from service.models import Checkpoint, Job, MetricPoint, MetricSeries, utcnow
 from service.settings import Settings
 from service.spec import JobSpec
 from worker.engine import CheckpointBlob, Point, Progress
-from worker.recorder import BackgroundWriter, JobRecorder, LeaseLost
+from worker.recorder import BackgroundWriter, JobRecorder
+from worker.writer_process import WriterProcess
+from worker.writes import LeaseLost, PointsWrite, WriterFailed, user_error
 
 OWNER = "worker-1"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -95,12 +103,13 @@ def busy_writer(job_id: str) -> tuple[BackgroundWriter, JobRecorder, threading.E
     recorder = JobRecorder(job_id=job_id, owner=OWNER, spec=SPEC, writer=writer)
     busy, release = threading.Event(), threading.Event()
 
-    def hold(session: Session, is_retry: bool) -> None:
-        busy.set()
-        assert release.wait(30)
+    class Hold:
+        def apply(self, session: Session, is_retry: bool) -> None:
+            busy.set()
+            assert release.wait(30)
 
     writer.start()
-    writer.submit(hold, size=1, what="hold")
+    writer.submit(Hold(), size=1, what="hold")
     assert busy.wait(30)
     return writer, recorder, release
 
@@ -166,3 +175,118 @@ def test_a_batch_that_finds_the_lease_gone_stores_nothing_and_stops_the_run(engi
                                       "series": {}}
     with pytest.raises(LeaseLost):  # every later report says so too: the run stops
         recorder.checkpoint(blob(1, 4))
+
+
+# The worker's default: the same writes applied by its writer process (worker.writer_process).
+
+def until(condition: Callable[[], bool], what: str, deadline_s: float = 30) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {deadline_s} s: {what}"
+        time.sleep(0.02)
+
+
+@pytest.fixture()
+def writer_process(engine: Engine) -> Iterator[WriterProcess]:
+    process = WriterProcess(db.current_settings())
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+def process_writer(job_id: str, process: WriterProcess) -> tuple[BackgroundWriter, JobRecorder]:
+    writer = BackgroundWriter(job_id=job_id, max_bytes=1 << 20, apply=process.apply)
+    writer.start()
+    return writer, JobRecorder(job_id=job_id, owner=OWNER, spec=SPEC, writer=writer)
+
+
+def test_the_writer_process_stores_a_run_in_order_and_stops_it_once_the_lease_is_gone(
+        engine: Engine, job_id: str, writer_process: WriterProcess) -> None:
+    writer, recorder = process_writer(job_id, writer_process)
+    recorder.points(points(1, range(1, 5)))
+    recorder.progress(Progress(1, 3, 4, 12, 1.0))
+    recorder.checkpoint(blob(1, 4))
+    writer.flush()
+    assert writer_process.pid not in (None, os.getpid())
+    expected = {"epoch_step": (1, 4), "checkpoints": [(4, 1)], "latest": 4, "points": 8,
+                "series": {"train_loss": 4, "lr": 4}}
+    assert stored(engine, job_id) == expected
+    with Session(engine) as session, session.begin():
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.lease_owner = "worker-2"
+    recorder.points(points(2, range(5, 7)))
+    recorder.progress(Progress(2, 3, 6, 12, 1.5))
+    with pytest.raises(LeaseLost):
+        writer.flush()
+    writer.close()
+    assert stored(engine, job_id) == expected
+
+
+def test_a_writer_process_killed_with_a_batch_is_replaced_and_the_batch_stored_once(
+        engine: Engine, job_id: str, writer_process: WriterProcess) -> None:
+    """Killed while it waits for the database (another connection holds SQLite's write lock): the next process
+    gets the batch again, as a retry, and the run goes on with nothing lost or doubled."""
+    writer, recorder = process_writer(job_id, writer_process)
+    recorder.points(points(1, range(1, 3)))
+    writer.flush()
+    first_pid = writer_process.pid
+    assert first_pid is not None
+    with engine.connect() as lock_holder:
+        lock_holder.exec_driver_sql("UPDATE jobs SET name = name")  # BEGIN IMMEDIATE: the write lock, held
+        recorder.points(points(1, range(3, 5)))
+        recorder.progress(Progress(1, 3, 4, 12, 1.0))
+        recorder.checkpoint(blob(1, 4))
+        os.kill(first_pid, signal.SIGKILL)
+        until(lambda: writer_process.pid not in (None, first_pid), "a new writer process")
+        lock_holder.rollback()
+    writer.flush()
+    writer.close()
+    assert stored(engine, job_id) == {"epoch_step": (1, 4), "checkpoints": [(4, 1)], "latest": 4, "points": 8,
+                                      "series": {"train_loss": 4, "lr": 4}}
+
+
+def test_a_write_the_database_refuses_fails_the_run_with_words_and_no_sql(
+        engine: Engine, job_id: str, writer_process: WriterProcess) -> None:
+    writer, _ = process_writer(job_id, writer_process)
+    writer.submit(PointsWrite("no-such-job", OWNER, [{"name": "loss", "step": 1, "epoch": 1, "value": 1.0,
+                                                     "time": T0}], {}), size=1, what="points")
+    with pytest.raises(WriterFailed) as failed:
+        writer.flush()
+    writer.close()
+    assert user_error(failed.value) == (
+        "internal error: the database refused a write (IntegrityError); see the worker log")
+
+
+def test_the_writer_process_leaves_when_its_worker_dies(engine: Engine) -> None:
+    """A worker killed outright (SIGKILL, out of memory) leaves no writer process behind."""
+    worker = subprocess.Popen([sys.executable, "-c", (
+        "import sys\n"
+        "from service import db\n"
+        "from service.settings import Settings\n"
+        "from worker.writer_process import WriterProcess\n"
+        "process = WriterProcess(Settings(database_url=sys.argv[1], home=sys.argv[2]))\n"
+        "process.start()\n"
+        "print(process.pid, flush=True)\n"
+        "sys.stdin.read()\n"), str(engine.url), str(db.current_settings().home)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None
+        child = int(worker.stdout.readline())
+        assert alive(child)
+        worker.kill()
+        worker.wait()
+        until(lambda: not alive(child), "the writer process gone")
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def alive(pid: int) -> bool:
+    """Running (a finished process not yet reaped by its new parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from service.queue import make_celery
 from service.settings import get_settings
@@ -41,6 +41,22 @@ def _warm_up(**_: object) -> None:
     import torch
 
     torch.optim.Adam(torch.nn.Linear(1, 1).parameters())
+    if WORKER_OPTIONS["concurrency"] == 1:  # the solo pool: jobs run in this process
+        _start_writer()
+
+
+@worker_process_init.connect
+def _start_pool_writer(**_: object) -> None:
+    _start_writer()  # a prefork pool's process, which runs jobs
+
+
+def _start_writer() -> None:
+    # The writer process (seconds of imports) starts with the worker, not in the first job's time.
+    from service import db
+    from worker import writer_process
+
+    if get_settings().writer == "process":
+        writer_process.for_settings(db.current_settings()).start()
 
 
 @worker_ready.connect
@@ -69,3 +85,6 @@ def _drain(**_: object) -> None:
 def _withdraw(**_: object) -> None:
     if _registration is not None:
         _registration.stop()
+    from worker import writer_process
+
+    writer_process.close_all()

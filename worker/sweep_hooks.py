@@ -14,7 +14,8 @@ from service.db import with_retry
 from service.models import FINISHED_STATUSES, Job
 from service.settings import Settings
 from worker.engine import Point
-from worker.recorder import BackgroundWriter, write_until_done
+from worker.recorder import BackgroundWriter
+from worker.writes import write_until_done
 
 log = logging.getLogger(__name__)
 

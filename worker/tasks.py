@@ -14,12 +14,12 @@ from typing import Any
 
 from celery import shared_task
 from sqlalchemy import and_, bindparam, false, func, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.checkpoints import load_resume_state
 from service.datainfo import DataInfo
 from service.datasets import load_table
+from service import db
 from service.db import session_scope, with_retry
 from service.dispatch import send_job
 from service.metrics import drop_points_after
@@ -33,7 +33,9 @@ from service.tabular import Table
 from worker import sweep_hooks
 from worker.observability import BUSY, JOB_SECONDS, JOBS, SAMPLES_PER_SECOND
 from worker.warmstart import WarmStart
-from worker.recorder import BackgroundWriter, JobRecorder, LeaseLost, owned_job, write_until_done
+from worker import writer_process
+from worker.recorder import BackgroundWriter, JobRecorder, apply_here
+from worker.writes import LeaseLost, owned_job, user_error, write_until_done
 from service.workers import lease_owner
 from worker.engine import FitResult, TrainingDiverged, fit, resolve_device
 
@@ -242,7 +244,8 @@ def _run_claimed(job_id: str, *, settings: Settings, worker_name: str) -> str | 
     heartbeat = Heartbeat(job_id=job_id, owner=owner, settings=settings)
     heartbeat.start()
     _active_heartbeats.add(heartbeat)
-    writer = BackgroundWriter(job_id=job_id, max_bytes=settings.writer_buffer_bytes)
+    apply = writer_process.for_settings(db.current_settings()).apply if settings.writer == "process" else apply_here
+    writer = BackgroundWriter(job_id=job_id, max_bytes=settings.writer_buffer_bytes, apply=apply)
     writer.start()
     try:
         result = _train(claim, owner=owner, heartbeat=heartbeat, writer=writer)
@@ -271,13 +274,6 @@ def _fail(job_id: str, owner: str, writer: BackgroundWriter, *, error: str) -> s
     except Exception:  # the writer itself failed (a bug): still record the failure
         _finish(job_id, owner, status="failed", error=error)
     return "failed"
-
-
-def user_error(exc: BaseException) -> str:
-    """What a user reads in job.error: never SQL, parameters, hosts or ports (those go to the worker's log)."""
-    if isinstance(exc, SQLAlchemyError):
-        return f"internal error: the database refused a write ({exc.__class__.__name__}); see the worker log"
-    return f"{exc.__class__.__name__}: {exc}"
 
 
 def _train(claim: Claim, *, owner: str, heartbeat: Heartbeat, writer: BackgroundWriter) -> FitResult:

@@ -27,7 +27,7 @@ from service.tabular import Table
 from service.warmstart import tensor_path
 from worker.data import TrainData, load_data
 from worker.engine.state import _optimizer_state_dict
-from worker.recorder import write_until_done
+from worker.writes import write_until_done
 
 log = logging.getLogger(__name__)
 
