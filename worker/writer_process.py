@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from service import db
-from service.logs import setup_logging
+from service.logs import current_job_id, setup_logging
 from service.settings import Settings
 from worker.writes import LeaseLost, Write, WriterFailed, apply_writes, user_error, write_until_done
 
@@ -164,6 +164,8 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             batch, what, is_retry = pickle.loads(inbox.recv_bytes())
         except EOFError:
             return
+        # The log lines of this batch carry its job's id, as the worker's own lines do.
+        current_job_id.set(getattr(batch[0], "job_id", None) if batch else None)
         answer: tuple[str, Any]
         try:
             write_until_done(lambda session, retry: apply_writes(batch, session, retry), what=what,
