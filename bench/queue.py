@@ -132,11 +132,13 @@ class ProbeLog:
         path.touch()
         self._file = open(path)
         self.started: dict[int, float] = {}
+        self._partial = ""  # a line the probe was still writing when we read
 
     def wait_for(self, seq: int, timeout: float = 60) -> float:
         deadline = time.monotonic() + timeout
         while seq not in self.started:
-            for line in self._file.readlines():
+            *lines, self._partial = (self._partial + self._file.read()).split("\n")
+            for line in lines:
                 number, when = line.split()
                 self.started[int(number)] = float(when)
             if seq not in self.started:
