@@ -96,6 +96,13 @@ def stored(engine: Engine, job_id: str) -> dict[str, Any]:
         }
 
 
+def another_worker_takes_the_lease(engine: Engine, job_id: str) -> None:
+    with Session(engine) as session, session.begin():
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.lease_owner = "worker-2"
+
+
 def busy_writer(job_id: str) -> tuple[BackgroundWriter, JobRecorder, threading.Event]:
     """A started writer and its recorder, the writer held inside a first write (which writes nothing, so commits
     nothing) until the returned event is set: what is reported meanwhile queues up for its next transaction."""
@@ -161,10 +168,7 @@ def test_a_batch_that_finds_the_lease_gone_stores_nothing_and_stops_the_run(engi
     """Another worker took the job over: the batch's points, progress and checkpoint are rolled back together (the
     job row's changes, checked against the lease, are written last in the transaction) and training is told."""
     writer, recorder, release = busy_writer(job_id)
-    with Session(engine) as session, session.begin():
-        job = session.get(Job, job_id)
-        assert job is not None
-        job.lease_owner = "worker-2"
+    another_worker_takes_the_lease(engine, job_id)
     recorder.points(points(1, range(1, 5)))
     recorder.progress(Progress(1, 3, 4, 12, 1.0))
     release.set()
@@ -212,10 +216,7 @@ def test_the_writer_process_stores_a_run_in_order_and_stops_it_once_the_lease_is
     expected = {"epoch_step": (1, 4), "checkpoints": [(4, 1)], "latest": 4, "points": 8,
                 "series": {"train_loss": 4, "lr": 4}}
     assert stored(engine, job_id) == expected
-    with Session(engine) as session, session.begin():
-        job = session.get(Job, job_id)
-        assert job is not None
-        job.lease_owner = "worker-2"
+    another_worker_takes_the_lease(engine, job_id)
     recorder.points(points(2, range(5, 7)))
     recorder.progress(Progress(2, 3, 6, 12, 1.5))
     with pytest.raises(LeaseLost):
