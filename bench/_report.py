@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -90,16 +91,28 @@ class Row:
     unit: str = ""  # of the difference column
     digits: int = 1
     note: str = ""
+    # When value and peer ran side by side in rounds: each round's ratio. The row's ratio is then their median (a
+    # slow spell of the machine moves both sides of a round, not one side of the ratio), shown with its quartiles.
+    rounds: Sequence[float] | None = None
 
     @property
     def ratio(self) -> float | None:
+        if self.rounds:
+            return statistics.median(self.rounds)
         return ratio(self.value, self.peer_value)
+
+    @property
+    def ratio_cell(self) -> str:
+        if not self.rounds or len(self.rounds) < 2:
+            return fmt_ratio(self.ratio)
+        low, _, high = statistics.quantiles(self.rounds, n=4, method="inclusive")
+        return f"{fmt_ratio(self.ratio)} ({low:.2f}-{high:.2f})"
 
     def cells(self) -> list[str]:
         difference = None if self.value is None or self.peer_value is None else self.value - self.peer_value
         shown = "–" if difference is None else f"{difference:+,.{self.digits}f} {self.unit}".rstrip()
         return [self.measured, self.peer, fmt(self.value, self.digits), fmt(self.peer_value, self.digits),
-                fmt_ratio(self.ratio), shown, self.note]
+                self.ratio_cell, shown, self.note]
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ratio": self.ratio}

@@ -4,11 +4,11 @@ Three parts, each against its peer in this one run, on SQLite and on PostgreSQL:
 
 (a) training: ``worker.engine.fit()`` with the worker's own callbacks (``worker.recorder.JobRecorder`` and its background writer) storing
     points, progress and checkpoints in the database, against the same fit() storing nothing (no step points,
-    only the final checkpoint, callbacks that drop everything). Goal: ratio >= 0.95. The recorder hands its batches
-    to the worker's writer process (the default); one variant applies them on its thread instead
-    (TRAINSERVE_WRITER=thread), and one trains storing nothing while a child process writes the same points and
-    checkpoints through the same recorder at training's pace: what the writes cost training when they share the
-    machine but not the interpreter (its lock).
+    only the final checkpoint, callbacks that drop everything). Goal: ratio >= 0.95, the median of the ratios of
+    rounds that each run every variant once. The recorder hands its batches to the worker's writer process (the
+    default); one variant applies them on its thread instead (TRAINSERVE_WRITER=thread), and one trains storing
+    nothing while a child process writes the same points and checkpoints through the same recorder at training's
+    pace: what the writes cost training when they share the machine but not the interpreter (its lock).
 (b) ingestion: rows/s of ``service.metrics.record_points`` against the raw driver's fastest path: one
     ``executemany`` on SQLite, ``COPY`` on PostgreSQL (psycopg 3 ``cursor.copy``); in one transaction, and in
     batches of the worker's flush size with a transaction each.
@@ -75,7 +75,7 @@ class Sizes:
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
             return cls(Case(SEED_MLP, 32, 8192, 3), 1, 1, 20_000, 200_000, 3)
-        return cls(Case(SEED_MLP, 32, 8192, 16), 9, 3, 100_000, 1_000_000, 7)
+        return cls(Case(SEED_MLP, 32, 8192, 16), 15, 3, 100_000, 1_000_000, 7)
 
 
 # --- databases ----------------------------------------------------------------------------------------
@@ -307,8 +307,10 @@ def measure_training(urls: dict[str, str], sizes: Sizes, home: Path) -> dict[str
             finally:
                 replayer.close()
                 writer_process.close_all()
+        # Each round ran every variant once, back to back: a round's ratio compares runs seconds apart.
+        rounds = {v: [off / secs for off, secs in zip(seconds["off"], s, strict=True)] for v, s in seconds.items()}
         results[name] = {"samples_per_s": {v: case.samples / statistics.median(s) for v, s in seconds.items()},
-                         "seconds": seconds, "stored": stored}
+                         "seconds": seconds, "rounds": rounds, "stored": stored}
     return results
 
 
@@ -498,10 +500,10 @@ def table_rows(training: dict[str, Any], ingestion: dict[str, Any], reads: dict[
     rows: list[Row] = []
     case = sizes.fit_case
     for name in DATABASES:
-        sps, stored = training[name]["samples_per_s"], training[name]["stored"]
+        sps, stored, rounds = (training[name][key] for key in ("samples_per_s", "stored", "rounds"))
         for variant in ("default", "every", "every_thread", "elsewhere"):
             rows.append(Row(f"(a) {FIT_VARIANTS[variant]}, {DB_TITLES[name]} (samples/s)", sps[variant],
-                            FIT_VARIANTS["off"], sps["off"], unit="samples/s", digits=0,
+                            FIT_VARIANTS["off"], sps["off"], unit="samples/s", digits=0, rounds=rounds[variant],
                             note=f"{stored[variant]['points']} points, {stored[variant]['checkpoints']} checkpoints; "
                                  f"seed MLP, batch {case.batch_size}, {case.n_rows * case.epochs:,} samples"))
     for name in DATABASES:
@@ -545,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = table_rows(training, ingestion, reads, sizes)
 
     print(header("bench.metrics_store", load, args.quick))
-    print(f"median of {sizes.fit_repeats} interleaved repeats for (a), {sizes.repeats} for (b)\n")
+    print(f"(a): {sizes.fit_repeats} rounds, each running every variant once in rotating order; samples/s are the "
+          "medians, a ratio is the median of the rounds' ratios, with their quartiles; (b): median of "
+          f"{sizes.repeats}\n")
     print(rows_table(rows))
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
     write_json("metrics_store", {"quick": args.quick, "load_average_start": load, "load_average_end": load_average(),
