@@ -6,6 +6,7 @@ stored in order, a lost lease, the process killed with a batch, a refused write,
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -29,7 +30,7 @@ from service.spec import JobSpec
 from worker.engine import CheckpointBlob, Point, Progress
 from worker.recorder import BackgroundWriter, JobRecorder
 from worker.writer_process import WriterProcess
-from worker.writes import LeaseLost, PointsWrite, WriterFailed, user_error
+from worker.writes import CheckpointWrite, LeaseLost, PointsWrite, WriterFailed, user_error
 
 OWNER = "worker-1"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -223,6 +224,24 @@ def test_the_writer_process_stores_a_run_in_order_and_stops_it_once_the_lease_is
         writer.flush()
     writer.close()
     assert stored(engine, job_id) == expected
+
+
+def test_a_checkpoint_reaches_the_writer_process_byte_for_byte_without_a_copy_for_the_trip(
+        engine: Engine, job_id: str, writer_process: WriterProcess) -> None:
+    """Its blobs leave the pickle as buffers of their own, sent from where they lie (a checkpoint may be gigabytes:
+    pickled whole, it would take as much memory again in the training process), and are stored as they were."""
+    weights, state = os.urandom(3 << 20), os.urandom(5 << 20)  # each more than a pipe holds
+    write = CheckpointWrite(job_id, OWNER, step=4, epoch=1, weights=weights, state=state, monitor="train_loss",
+                            monitor_value=0.5, is_final=False, keep_last=5, keep_best=True, mode="min")
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(write, protocol=5, buffer_callback=buffers.append)
+    assert len(head) < 1024 and [buffer.raw().obj for buffer in buffers] == [weights, state]
+    assert all(buffer.raw().obj is blob for buffer, blob in zip(buffers, (weights, state), strict=True))
+    assert pickle.loads(pickle.dumps(write)) == write  # an older protocol carries them inside the pickle
+    writer_process.apply([write], "checkpoint")
+    with Session(engine) as session:
+        row = session.execute(select(Checkpoint.weights, Checkpoint.state).where(Checkpoint.job_id == job_id)).one()
+    assert (row.weights, row.state) == (weights, state)
 
 
 def test_a_writer_process_killed_with_a_batch_is_replaced_and_the_batch_stored_once(

@@ -60,8 +60,8 @@ class WriterProcess:
             while True:
                 outbox, inbox = self._ensure_started()
                 try:
-                    outbox.send_bytes(pickle.dumps((batch, what, is_retry), protocol=pickle.HIGHEST_PROTOCOL))
-                    answer = pickle.loads(inbox.recv_bytes())
+                    send(outbox, (batch, what, is_retry))
+                    answer = receive(inbox)
                     break
                 except (EOFError, OSError):
                     # It died with the batch: it may have committed it without answering.
@@ -123,6 +123,22 @@ class WriterProcess:
         return None if self._proc is None else self._proc.pid
 
 
+def send(conn: Connection, message: Any) -> None:
+    """One message: its pickle, then each buffer the pickle left out of band (a checkpoint's blobs, see
+    CheckpointWrite), sent from where it lies: the trip copies no checkpoint in this process."""
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    conn.send_bytes(len(buffers).to_bytes(4, "little") + head)
+    for buffer in buffers:
+        conn.send_bytes(buffer.raw())
+
+
+def receive(conn: Connection) -> Any:
+    head = conn.recv_bytes()
+    buffers = [conn.recv_bytes() for _ in range(int.from_bytes(head[:4], "little"))]
+    return pickle.loads(memoryview(head)[4:], buffers=buffers)
+
+
 _processes: dict[str, WriterProcess] = {}
 _processes_pid = os.getpid()
 _processes_lock = threading.Lock()
@@ -161,7 +177,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
 
     while True:
         try:
-            batch, what, is_retry = pickle.loads(inbox.recv_bytes())
+            batch, what, is_retry = receive(inbox)
         except EOFError:
             return
         # The log lines of this batch carry its job's id, as the worker's own lines do.
@@ -178,7 +194,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
         except Exception as exc:
             log.exception("writer_process.failed what=%s", what)
             answer = ("failed", user_error(exc))
-        outbox.send_bytes(pickle.dumps(answer))
+        send(outbox, answer)
 
 
 def main(argv: list[str]) -> None:

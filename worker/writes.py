@@ -8,12 +8,14 @@ no ORM objects, since an ORM change pending until the commit would land after a 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, SupportsIndex
 
 from sqlalchemy import Update, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -182,6 +184,14 @@ class CheckpointWrite:
     keep_last: int
     keep_best: bool
     mode: Literal["min", "max"]
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        # Pickle protocol 5 carries the two blobs as buffers of their own (out of band, where the pickler takes
+        # them so; worker.writer_process does): a checkpoint, gigabytes at the cap, is not copied into the pickle.
+        values = [getattr(self, field.name) for field in dataclasses.fields(self)]
+        if int(protocol) >= 5:
+            values = [pickle.PickleBuffer(value) if isinstance(value, bytes) else value for value in values]
+        return CheckpointWrite, tuple(values)
 
     def apply(self, session: Session, is_retry: bool) -> None:
         staged = _staged(session, self.job_id, self.owner)
