@@ -51,7 +51,8 @@ def _start_pool_writer(**_: object) -> None:
 
 
 def _start_writer() -> None:
-    # The writer process (half a second of imports and a connection here) starts with the worker, not in the first job's time.
+    # The writer process (half a second of imports and a connection here) starts with the worker, not in the
+    # first job's time.
     from service import db
     from worker import writer_process
 
