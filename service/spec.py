@@ -401,6 +401,10 @@ class Training(StrictModel):
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["32", "bf16-mixed"] = "32"
+    # Intra-op threads on a CPU, at most the worker's own count. None: one for a small model (where a second
+    # thread's synchronisation costs more than it saves), the worker's count for the rest. The count can change
+    # a run's floats, so it is chosen by the spec, never by the machine's mood.
+    cpu_threads: PositiveInt | None = None
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 from torch import nn
@@ -376,6 +377,24 @@ def test_hooks_on_the_model_still_run_every_step() -> None:
         layer_hook.remove()
         global_hook.remove()
     assert seen == {"layer": 8, "global": 8}  # 2 epochs x 4 batches; no validation rows
+
+
+def test_cpu_threads_sets_a_cpu_runs_thread_count_up_to_the_callers_and_restores_it() -> None:
+    torch.set_num_threads(2)  # the worker's own count (the fixture restores the test process's)
+    model = mlp(0, 4, 8, 1)
+
+    def threads_while_training(**training: Any) -> set[int]:
+        seen: set[int] = set()
+        fit(copy.deepcopy(model), make_spec(training=training), regression_data(),
+            on_progress=lambda progress: seen.add(torch.get_num_threads()))
+        assert torch.get_num_threads() == 2
+        return seen
+
+    assert threads_while_training() == {1}  # a model this small: one thread unless the spec says otherwise
+    assert threads_while_training(cpu_threads=2) == {2}
+    assert threads_while_training(cpu_threads=64) == {2}  # never more than the worker has
+    with pytest.raises(ValidationError, match="training.cpu_threads"):
+        make_spec(training={"cpu_threads": 0})
 
 
 def test_gradient_clipping_bounds_the_update() -> None:

@@ -456,6 +456,7 @@ class Training(SpecPart):
         checkpoint: CheckpointPolicy | Mapping[str, Any] | None = None,
         device: Literal["auto", "cpu", "cuda"] | None = None,
         precision: Literal["32", "bf16-mixed"] | None = None,
+        cpu_threads: int | None = None,
     ) -> None:
         super().__init__(**_given(locals()))
 

@@ -130,7 +130,11 @@ def plan_for(training: Training, n_train: int, n_val: int) -> StepPlan:
 SINGLE_THREAD_MAX_FLOPS_PER_STEP = 5e7
 
 
-def cpu_threads_for(model: nn.Module, batch_size: int) -> int:
-    """The intra-op thread count fit() trains with on the CPU."""
+def cpu_threads_for(model: nn.Module, batch_size: int, requested: int | None = None) -> int:
+    """The intra-op thread count fit() trains with on the CPU: the spec's training.cpu_threads when it names one,
+    never more than the process's own count (a job takes no more cores than its worker has); else one thread for
+    a small model, the process's count for the rest."""
+    if requested is not None:
+        return min(requested, torch.get_num_threads())
     flops = 6 * sum(p.numel() for p in model.parameters()) * batch_size
     return 1 if flops < SINGLE_THREAD_MAX_FLOPS_PER_STEP else torch.get_num_threads()

@@ -80,15 +80,15 @@ def fit(
     ``resume`` is the (weights, state) pair of a CheckpointBlob: training continues after its epoch and
     reproduces, bit for bit on CPU, what the uninterrupted run would have done. Raises TrainingDiverged when
     the loss stops being finite. ``clock`` drives the reporting throttles and the time-based checkpoint cadence
-    (never the measured metrics), so a test can hold it still. Small CPU models train on one thread (the caller's
-    setting is restored). ``init_optimizer`` gets the built optimizer of a fresh (not resumed) run before the
+    (never the measured metrics), so a test can hold it still. Small CPU models train on one thread unless the
+    spec's training.cpu_threads says otherwise (the caller's setting is restored). ``init_optimizer`` gets the built optimizer of a fresh (not resumed) run before the
     first step: a warm start carries a source's optimizer state in with it. ``points_every_epoch`` hands each
     epoch's points to ``on_points`` at its end (otherwise points leave at most once a second, so many short epochs
     share one write): a sweep's pruner decides at every epoch end, before the next epoch trains.
     """
     previous = torch.get_num_threads()
     if torch.device(device).type == "cpu":
-        torch.set_num_threads(cpu_threads_for(model, spec.training.batch_size))
+        torch.set_num_threads(cpu_threads_for(model, spec.training.batch_size, spec.training.cpu_threads))
     try:
         run = _Run(model, spec, data, device=torch.device(device), callbacks=Callbacks(
             on_points, on_checkpoint, on_progress, should_stop, points_every_epoch), clock=clock)
