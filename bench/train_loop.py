@@ -291,7 +291,8 @@ class FitAdapter:
     progress: list[Any] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # what the latest run reported
 
-    def spec(self, case: Case, *, log_every_steps: int | None, bare: bool = False) -> Any:
+    def spec(self, case: Case, *, log_every_steps: int | None, bare: bool = False,
+             cpu_threads: int | None = None) -> Any:
         from service.spec import JobSpec
 
         wl = case.workload
@@ -303,6 +304,8 @@ class FitAdapter:
         training: dict[str, Any] = {"epochs": case.epochs, "batch_size": case.batch_size, "seed": 0, "device": "cpu"}
         if log_every_steps is not None:
             training["log_every_steps"] = log_every_steps
+        if cpu_threads is not None:
+            training["cpu_threads"] = cpu_threads
         if bare:
             # No step points and only the final checkpoint: the floor that logging and checkpointing add to.
             training["log_every_steps"] = BARE_EVERY
@@ -331,11 +334,11 @@ class FitAdapter:
             self.build_model = None
             return copy.deepcopy(template)
 
-    def contender(self, *, log_every_steps: int | None, bare: bool = False) -> Contender:
+    def contender(self, *, log_every_steps: int | None, bare: bool = False, cpu_threads: int | None = None) -> Contender:
         def run(case: Case, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
             from worker.data import TrainData
 
-            spec = self.spec(case, log_every_steps=log_every_steps, bare=bare)
+            spec = self.spec(case, log_every_steps=log_every_steps, bare=bare, cpu_threads=cpu_threads)
             wl = case.workload
             data = TrainData(
                 x_train=x,
@@ -392,6 +395,7 @@ NAMES = {
     "fit": "fit()",
     "fit_log1": "fit() log_every_steps=1",
     "fit_bare": "fit() with no step points and only the final checkpoint",
+    "fit_threads": "fit() with training.cpu_threads at the default thread count",
     "a": "(a) seed-style loop",
     "b": "(b) hand-tuned loop",
     "b_default": "(b) at the default thread count",
@@ -413,6 +417,19 @@ class RowResult:
         if not runs or key in self.errors:
             return None
         return self.case.samples / statistics.median(runs)
+
+    def rounds(self, key: str, peer: str) -> list[float] | None:
+        """key's samples/s over peer's in each round (each round runs every contender once, back to back)."""
+        mine, theirs = self.seconds.get(key), self.seconds.get(peer)
+        if not mine or not theirs or len(mine) != len(theirs) or {key, peer} & set(self.errors):
+            return None
+        return [their / my for my, their in zip(mine, theirs, strict=True)]
+
+    def fit_ratio(self, peer: str, key: str = "fit") -> float | None:
+        """key's (fit()'s) ratio to peer: the median of the rounds' ratios (a slow spell of the machine moves both
+        runs of a round, not one side of the ratio), else the ratio of the medians."""
+        rounds = self.rounds(key, peer)
+        return statistics.median(rounds) if rounds else _ratio(self.sps(key), self.sps(peer))
 
 
 def _timed(run: Contender, case: Case, template: nn.Module, x: torch.Tensor, y: torch.Tensor, threads: int,
@@ -447,8 +464,11 @@ def measure_case(
         contenders["fit"] = (adapter.contender(log_every_steps=None), adapter.model_for)
         contenders["fit_log1"] = (adapter.contender(log_every_steps=1), adapter.model_for)
         contenders["fit_bare"] = (adapter.contender(log_every_steps=None, bare=True), adapter.model_for)
+        # fit() where the user names the thread count (b_default runs): its loop against (b)'s on the same count.
+        contenders["fit_threads"] = (adapter.contender(log_every_steps=None, cpu_threads=DEFAULT_THREADS),
+                                     adapter.model_for)
     else:
-        errors["fit"] = errors["fit_log1"] = errors["fit_bare"] = fit_error
+        errors["fit"] = errors["fit_log1"] = errors["fit_bare"] = errors["fit_threads"] = fit_error
     if only is not None:  # --only: the other columns stay empty ("missing")
         if "b" in only and b_threads is None:
             only = only | {"b_default"}  # (b) is the faster of its two thread counts: both run (see below)
@@ -511,7 +531,8 @@ def header(repeats: int, quick: bool, load: tuple[list[float] | None, list[float
     return (
         f"torch {torch.__version__} | default threads {DEFAULT_THREADS} (interop {torch.get_num_interop_threads()})"
         f" | {os.cpu_count()} logical CPUs | CPU: {cpu_model()} | Python {platform.python_version()}"
-        f" | median of {repeats} interleaved repeats{' (--quick)' if quick else ''}"
+        f" | samples/s: median of {repeats} interleaved repeats{' (--quick)' if quick else ''}; fit/(x): median of"
+        " the rounds' ratios (quartiles)"
         f" | load average 1/5/15 min at start {load[0]}, at end {load[1]}"
     )
 
@@ -528,6 +549,15 @@ def _fmt_ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}x"
 
 
+def _fmt_fit_ratio(row: RowResult, peer: str, key: str = "fit") -> str:
+    """key's (fit()'s) ratio to peer, with the rounds' quartiles when there are rounds."""
+    rounds = row.rounds(key, peer)
+    if not rounds or len(rounds) < 2:
+        return _fmt_ratio(row.fit_ratio(peer, key))
+    low, _, high = statistics.quantiles(rounds, n=4, method="inclusive")
+    return f"{_fmt_ratio(row.fit_ratio(peer, key))} ({low:.2f}-{high:.2f})"
+
+
 def _fmt_cost(fast: float | None, slow: float | None) -> str:
     """Extra time of the slower variant as a share of the faster one's, from their samples/s."""
     ratio = _ratio(fast, slow)
@@ -539,7 +569,8 @@ def markdown_table(rows: list[RowResult]) -> str:
         "workload", "batch", "samples/run", "fit()", "(a) seed", "(b) tuned", "(c) DataLoader", "(d) Lightning",
         "fit/(a)", "fit/(b)", "fit/(c)", "fit/(d)",
         "fit log_every=1", "logging cost", "fit bare", "logging+ckpt cost", "fit points/ckpts",
-        "(b) threads", "(b) default threads", "fit/(b) default threads",
+        "(b) threads", "(b) default threads", "fit/(b) default threads", "fit cpu_threads=default",
+        "fit cpu_threads=default/(b) default threads",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|"]
     for row in rows:
@@ -551,7 +582,7 @@ def markdown_table(rows: list[RowResult]) -> str:
             f"{row.case.samples:,}",
             _fmt_sps(fit),
             *(_fmt_sps(row.sps(k)) for k in ("a", "b", "c", "d")),
-            *(_fmt_ratio(_ratio(fit, row.sps(k))) for k in ("a", "b", "c", "d")),
+            *(_fmt_fit_ratio(row, k) for k in ("a", "b", "c", "d")),
             _fmt_sps(row.sps("fit_log1")),
             _fmt_cost(fit, row.sps("fit_log1")),
             _fmt_sps(row.sps("fit_bare")),
@@ -559,7 +590,9 @@ def markdown_table(rows: list[RowResult]) -> str:
             "–" if counts is None else f"{counts['train_loss_points']}/{counts['checkpoints']}",
             str(row.threads["b"]),
             _fmt_sps(row.sps("b_default")),
-            _fmt_ratio(_ratio(fit, row.sps("b_default"))),
+            _fmt_fit_ratio(row, "b_default"),
+            _fmt_sps(row.sps("fit_threads")),
+            _fmt_fit_ratio(row, "b_default", key="fit_threads"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -589,7 +622,9 @@ def results_json(
                 "samples_per_run": row.case.samples,
                 "threads": row.threads,
                 "samples_per_s": {key: row.sps(key) for key in NAMES},
-                "fit_ratio": {key: _ratio(row.sps("fit"), row.sps(key)) for key in ("a", "b", "b_default", "c", "d")},
+                "fit_ratio": {key: row.fit_ratio(key) for key in ("a", "b", "b_default", "c", "d")},
+                "fit_ratio_rounds": {key: row.rounds("fit", key) for key in ("a", "b", "b_default", "c", "d")},
+                "fit_threads_ratio_b_default": row.fit_ratio("b_default", "fit_threads"),
                 "seconds": row.seconds,
                 "fit_reports": row.counts,
                 "errors": row.errors,
