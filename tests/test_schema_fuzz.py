@@ -236,7 +236,7 @@ def test_live_server_holds_to_the_document_across_linked_calls(live_target: Fuzz
             case.validate_response(response, checks=CHECKS, headers=headers)
             followed.add((case.operation.label, response.status_code))
 
-    Machine.run(settings=settings(max_examples=12, stateful_step_count=4, deadline=None, database=None,
+    Machine.run(settings=settings(max_examples=60, stateful_step_count=4, deadline=None, database=None,
                                   derandomize=True, suppress_health_check=list(HealthCheck)))
     # Links were followed to real resources: a job created, then read through its id.
     assert {("POST /jobs", 201), ("GET /jobs/{job_id}", 200)} <= followed, sorted(followed)
