@@ -65,6 +65,14 @@ def fmt_ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}x"
 
 
+def fmt_rounds(rounds: Sequence[float]) -> str:
+    """The median of side-by-side rounds' ratios, with their quartiles (from two rounds on)."""
+    if len(rounds) < 2:
+        return fmt_ratio(statistics.median(rounds))
+    low, _, high = statistics.quantiles(rounds, n=4, method="inclusive")
+    return f"{fmt_ratio(statistics.median(rounds))} ({low:.2f}-{high:.2f})"
+
+
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """The two first columns left-aligned (they name the row and its peer), the figures right-aligned, the last
     (a note) left-aligned."""
@@ -103,10 +111,7 @@ class Row:
 
     @property
     def ratio_cell(self) -> str:
-        if not self.rounds or len(self.rounds) < 2:
-            return fmt_ratio(self.ratio)
-        low, _, high = statistics.quantiles(self.rounds, n=4, method="inclusive")
-        return f"{fmt_ratio(self.ratio)} ({low:.2f}-{high:.2f})"
+        return fmt_ratio(self.ratio) if not self.rounds else fmt_rounds(self.rounds)
 
     def cells(self) -> list[str]:
         difference = None if self.value is None or self.peer_value is None else self.value - self.peer_value

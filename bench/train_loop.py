@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench._report import fmt_rounds
+
 log = logging.getLogger(__name__)
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "train_loop.json"
@@ -334,7 +336,8 @@ class FitAdapter:
             self.build_model = None
             return copy.deepcopy(template)
 
-    def contender(self, *, log_every_steps: int | None, bare: bool = False, cpu_threads: int | None = None) -> Contender:
+    def contender(self, *, log_every_steps: int | None, bare: bool = False,
+                  cpu_threads: int | None = None) -> Contender:
         def run(case: Case, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
             from worker.data import TrainData
 
@@ -552,10 +555,7 @@ def _fmt_ratio(value: float | None) -> str:
 def _fmt_fit_ratio(row: RowResult, peer: str, key: str = "fit") -> str:
     """key's (fit()'s) ratio to peer, with the rounds' quartiles when there are rounds."""
     rounds = row.rounds(key, peer)
-    if not rounds or len(rounds) < 2:
-        return _fmt_ratio(row.fit_ratio(peer, key))
-    low, _, high = statistics.quantiles(rounds, n=4, method="inclusive")
-    return f"{_fmt_ratio(row.fit_ratio(peer, key))} ({low:.2f}-{high:.2f})"
+    return fmt_rounds(rounds) if rounds else _fmt_ratio(row.fit_ratio(peer, key))
 
 
 def _fmt_cost(fast: float | None, slow: float | None) -> str:

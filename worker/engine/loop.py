@@ -81,8 +81,9 @@ def fit(
     reproduces, bit for bit on CPU, what the uninterrupted run would have done. Raises TrainingDiverged when
     the loss stops being finite. ``clock`` drives the reporting throttles and the time-based checkpoint cadence
     (never the measured metrics), so a test can hold it still. Small CPU models train on one thread unless the
-    spec's training.cpu_threads says otherwise (the caller's setting is restored). ``init_optimizer`` gets the built optimizer of a fresh (not resumed) run before the
-    first step: a warm start carries a source's optimizer state in with it. ``points_every_epoch`` hands each
+    spec's training.cpu_threads says otherwise (the caller's setting is restored). ``init_optimizer`` gets the
+    built optimizer of a fresh (not resumed) run before the first step: a warm start carries a source's optimizer
+    state in with it. ``points_every_epoch`` hands each
     epoch's points to ``on_points`` at its end (otherwise points leave at most once a second, so many short epochs
     share one write): a sweep's pruner decides at every epoch end, before the next epoch trains.
     """
