@@ -97,7 +97,10 @@ _TYPE_NAMES = {"int", "float", "str", "bool", "list", "dict", "none", "tuple"}
 
 
 def json_path(loc: Sequence[str | int]) -> str:
-    """('body', 'model', 'layers', 2, 'Linear', 'in_features') -> 'model.layers[2].in_features'."""
+    """('body', 'model', 'layers', 2, 'Linear', 'in_features') -> 'model.layers[2].in_features'; a header's problem
+    is named by the header: ('header', 'idempotency-key') -> 'header idempotency-key'."""
+    if len(loc) == 2 and loc[0] == "header":
+        return f"header {loc[1]}"
     out = ""
     for part in loc:
         if isinstance(part, int):

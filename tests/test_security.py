@@ -130,6 +130,19 @@ def test_idempotency_key_returns_the_same_job(embedded_server: LiveServer) -> No
     assert job["attempts"] == 1
 
 
+def test_an_empty_idempotency_key_is_refused_with_its_path_and_submits_nothing(embedded_server: LiveServer) -> None:
+    # An empty key is a client's mistake (say, `-H "Idempotency-Key: $KEY"` with KEY unset); taken as no key, a
+    # retry would submit twice. Twice, since the second empty key once reached the database's unique rule: a 500.
+    with embedded_server.client() as c:
+        before = c.get("/jobs", params={"limit": 200}).json()["items"]
+        answers = [c.post("/jobs", json=SEED_EXAMPLE, headers={"Idempotency-Key": ""}) for _ in range(2)]
+        after = c.get("/jobs", params={"limit": 200}).json()["items"]
+    for answer in answers:
+        assert answer.status_code == 422, answer.text
+        assert [e["loc"] for e in answer.json()["errors"]] == ["header idempotency-key"], answer.json()
+    assert len(after) == len(before)
+
+
 def test_cancel_queued_running_and_finished(embedded_server: LiveServer, finished_job: dict[str, Any]) -> None:
     long_spec = copy.deepcopy(SEED_EXAMPLE)
     long_spec["training"]["epochs"] = 10_000

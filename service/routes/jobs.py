@@ -30,7 +30,7 @@ SpecBody = Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)]
                         **error_responses(400, 413, 429)})
 async def create_job(request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep,
                      spec: SpecBody, response: Response,
-                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobRead:
+                     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None) -> JobRead:
     """Submit a training job: the spec is checked statically (shapes, sizes, quotas) and the job queued.
 
     With an `Idempotency-Key` seen before, answers 200 with the job that key created, and submits nothing."""
