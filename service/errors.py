@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -181,6 +182,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         # Handled here, inside the app, so an outage is an answer (503), not an unhandled exception: no
         # "Exception in ASGI application" traceback and no 500 in the request metrics.
+        if holds_nul(exc):
+            return await _service_error(request, nul_refusal(nul_location(request)))
         if is_transient(exc):
             log.warning("request.db_unavailable path=%s error=%s", request.url.path, exc.__class__.__name__)
             return JSONResponse(error_body("unavailable", "the database is unavailable; retry shortly", []), 503,
@@ -192,3 +195,44 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request.failed path=%s", request.url.path)
         return JSONResponse(error_body("internal_error", "internal error (a bug): see the server log", []), 500)
+
+
+def holds_nul(exc: DBAPIError) -> bool:
+    """PostgreSQL's text types cannot hold NUL; its driver refuses such a value before sending it (SQLite stores it)."""
+    return "NUL (0x00)" in str(exc.orig)
+
+
+def nul_refusal(loc: str) -> SpecError:
+    msg = "text here contains the NUL character (\\u0000), which the database cannot store"
+    return SpecError(f"the request has 1 problem: {loc or '(body)'}: {msg}", [{"loc": loc, "msg": msg}])
+
+
+def nul_location(request: Request) -> str:
+    """Where the request sent the NUL the database refused: a path or query parameter's name, else the JSON path in
+    the body FastAPI read (Starlette keeps it on the request as `_body`; never read again here: the stream is
+    spent), else ''."""
+    for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+        if "\x00" in str(value) or "\x00" in name:
+            return str(name)
+    try:
+        return nul_path(orjson.loads(getattr(request, "_body", b""))) or ""
+    except orjson.JSONDecodeError:
+        return ""
+
+
+def nul_path(value: Any, path: str = "") -> str | None:
+    """The JSON path of the first string (or object key) in `value` holding a NUL character, else None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := nul_path(item, f"{path}[{i}]")) is not None:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return where
+            if (found := nul_path(item, where)) is not None:
+                return found
+    return None

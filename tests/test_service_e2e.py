@@ -331,3 +331,24 @@ def test_structural_errors_name_their_json_path(embedded_server: LiveServer) -> 
     locs = {e["loc"] for e in body["errors"]}
     assert {"model.layers[1]", "training.epochs"} <= locs, body
     assert "Relu" in body["detail"]
+
+
+def test_text_with_a_nul_character_is_refused_by_its_path_where_the_database_cannot_store_it(
+        stack: LiveServer) -> None:
+    # PostgreSQL's text types cannot hold NUL (its driver refuses the value): that used to be a 500. SQLite stores it.
+    on_postgres = stack.env.get("TRAINSERVE_DATABASE_URL", "").startswith("postgresql")
+    with stack.client() as c:
+        answers = {
+            "name": c.post("/jobs", json={**copy.deepcopy(SEED_EXAMPLE), "name": "seed\x00"}),
+            "job_id": c.get("/jobs/abc%00def"),
+            "ids": c.get("/jobs/compare", params={"ids": "a\x00,b"}),
+            "job_id (predict)": c.post("/predict", json={"job_id": "a\x00", "inputs": [[0.1] * 32]}),
+        }
+    for where, answer in answers.items():
+        assert answer.status_code < 500, (where, answer.text)
+        if on_postgres:
+            assert answer.status_code == 422, (where, answer.text)
+            assert [e["loc"] for e in answer.json()["errors"]] == [where.split(" ")[0]], answer.json()
+            assert "NUL" in answer.json()["detail"], answer.json()
+    if not on_postgres:
+        assert answers["name"].status_code == 201 and answers["name"].json()["name"] == "seed\x00"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from service.errors import Unauthorized
+from service.errors import Unauthorized, holds_nul, nul_path, nul_refusal
 from service.predict import predict
 from service.routes.deps import bearer, error_responses
 from service.schemas import PredictRequest, PredictResponse
@@ -69,7 +71,17 @@ async def _answer(scope: Scope, body: bytes) -> tuple[bytes, bool]:
     if tenant is None:  # only if /predict were left out of the middleware by mistake
         raise Unauthorized("missing API key: send 'Authorization: Bearer KEY'")
     state = scope["app"].state
-    return await predict(body, tenant=tenant, cache=state.model_cache, settings=state.settings)
+    try:
+        return await predict(body, tenant=tenant, cache=state.model_cache, settings=state.settings)
+    except DBAPIError as exc:
+        if not holds_nul(exc):
+            raise
+        # A job id or model name the database cannot look up: named from the body, which only this route holds.
+        try:
+            where = nul_path(orjson.loads(body)) or ""
+        except orjson.JSONDecodeError:
+            where = ""
+        raise nul_refusal(where) from None
 
 
 async def _read_body(receive: Receive) -> bytes:
