@@ -214,8 +214,13 @@ def nul_location(request: Request) -> str:
     for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
         if "\x00" in str(value) or "\x00" in name:
             return str(name)
+    return nul_path_in(getattr(request, "_body", b""))
+
+
+def nul_path_in(body: bytes) -> str:
+    """The JSON path of the first NUL-holding text in a JSON body; '' when there is none, or no JSON."""
     try:
-        return nul_path(orjson.loads(getattr(request, "_body", b""))) or ""
+        return nul_path(orjson.loads(body)) or ""
     except orjson.JSONDecodeError:
         return ""
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from service.errors import Unauthorized, holds_nul, nul_path, nul_refusal
+from service.errors import Unauthorized, holds_nul, nul_path_in, nul_refusal
 from service.predict import predict
 from service.routes.deps import bearer, error_responses
 from service.schemas import PredictRequest, PredictResponse
@@ -77,11 +76,7 @@ async def _answer(scope: Scope, body: bytes) -> tuple[bytes, bool]:
         if not holds_nul(exc):
             raise
         # A job id or model name the database cannot look up: named from the body, which only this route holds.
-        try:
-            where = nul_path(orjson.loads(body)) or ""
-        except orjson.JSONDecodeError:
-            where = ""
-        raise nul_refusal(where) from None
+        raise nul_refusal(nul_path_in(body)) from None
 
 
 async def _read_body(receive: Receive) -> bytes:
