@@ -120,12 +120,24 @@ def _aware(value: Any) -> Any:
 
 # Trainings in this process, so a worker told to stop can hand their jobs back at the next step.
 _active_heartbeats: set[Heartbeat] = set()
+# Set for good once this process is told to stop: a job that starts afterwards (its claim raced the signal) is
+# handed back at its first step too, instead of holding the shutdown for its whole run.
+_draining = threading.Event()
 
 
 def drain_all() -> None:
     """Warm shutdown (SIGTERM): every job trained here stops at its next step and goes back to the queue,
     instead of holding the shutdown for its whole run. Called from a signal handler: flags only, no I/O."""
+    _draining.set()
     for heartbeat in list(_active_heartbeats):
+        heartbeat.drain()
+
+
+def _track(heartbeat: Heartbeat) -> None:
+    """Make the training `heartbeat` watches drainable. Added before the flag is read, and drain_all sets the flag
+    before it reads the set, so a signal at any moment in between still reaches this job."""
+    _active_heartbeats.add(heartbeat)
+    if _draining.is_set():
         heartbeat.drain()
 
 
@@ -243,7 +255,7 @@ def _run_claimed(job_id: str, *, settings: Settings, worker_name: str) -> str | 
     log.info("job.started job_id=%s attempt=%d owner=%s", job_id, claim.attempts, owner)
     heartbeat = Heartbeat(job_id=job_id, owner=owner, settings=settings)
     heartbeat.start()
-    _active_heartbeats.add(heartbeat)
+    _track(heartbeat)
     apply = writer_process.for_settings(db.current_settings()).apply if settings.writer == "process" else apply_here
     writer = BackgroundWriter(job_id=job_id, max_bytes=settings.writer_buffer_bytes, apply=apply)
     writer.start()
