@@ -21,6 +21,8 @@ from service.spec import TAG_NAMES
 log = logging.getLogger(__name__)
 
 ErrorItem = dict[str, str]
+# A request-state key: the body of a route that reads its own (POST /predict), left there when it fails.
+REQUEST_BODY = "request_body"
 RETRY_AFTER_SECONDS = 2
 
 
@@ -207,20 +209,21 @@ def nul_refusal(loc: str) -> SpecError:
     return SpecError(f"the request has 1 problem: {loc or '(body)'}: {msg}", [{"loc": loc, "msg": msg}])
 
 
+def body_read(request: Request) -> bytes:
+    """The body a failed request had read, never reading the stream again (it is spent, and a read would wait for
+    the client): what FastAPI's request keeps (Starlette's `_body`), or what a route that reads its own body left
+    under REQUEST_BODY in the request's state; else b''."""
+    return getattr(request, "_body", None) or request.scope.get("state", {}).get(REQUEST_BODY, b"")
+
+
 def nul_location(request: Request) -> str:
     """Where the request sent the NUL the database refused: a path or query parameter's name, else the JSON path in
-    the body FastAPI read (Starlette keeps it on the request as `_body`; never read again here: the stream is
-    spent), else ''."""
+    the body it sent, else ''."""
     for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
         if "\x00" in str(value) or "\x00" in name:
             return str(name)
-    return nul_path_in(getattr(request, "_body", b""))
-
-
-def nul_path_in(body: bytes) -> str:
-    """The JSON path of the first NUL-holding text in a JSON body; '' when there is none, or no JSON."""
     try:
-        return nul_path(orjson.loads(body)) or ""
+        return nul_path(orjson.loads(body_read(request))) or ""
     except orjson.JSONDecodeError:
         return ""
 

@@ -6,11 +6,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from service.errors import Unauthorized, holds_nul, nul_path_in, nul_refusal
+from service.errors import REQUEST_BODY, Unauthorized
 from service.predict import predict
 from service.routes.deps import bearer, error_responses
 from service.schemas import PredictRequest, PredictResponse
@@ -72,11 +71,11 @@ async def _answer(scope: Scope, body: bytes) -> tuple[bytes, bool]:
     state = scope["app"].state
     try:
         return await predict(body, tenant=tenant, cache=state.model_cache, settings=state.settings)
-    except DBAPIError as exc:
-        if not holds_nul(exc):
-            raise
-        # A job id or model name the database cannot look up: named from the body, which only this route holds.
-        raise nul_refusal(nul_path_in(body)) from None
+    except Exception:
+        # For the app's error handlers, which may name where in the body a problem lies: FastAPI's own request
+        # keeps the body it read, this route reads its own.
+        scope.setdefault("state", {})[REQUEST_BODY] = body
+        raise
 
 
 async def _read_body(receive: Receive) -> bytes:
