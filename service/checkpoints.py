@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 from dataclasses import dataclass
-from typing import Literal
+from datetime import datetime, timezone
+from typing import Any, Literal
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session, defer
 
+from service.db import driver_errors_as_sqlalchemy
 from service.errors import CheckpointNotFound, CorruptCheckpoint, StateConflict
 from service.models import Checkpoint, Job, ModelVersion, new_id, utcnow
 from service.schemas import CheckpointList, CheckpointRead
@@ -50,7 +53,7 @@ def record_checkpoint(session: Session, *, job: Job | CheckpointPointers, step: 
     statements anew each time) cost more than the statements."""
     connection = session.connection()
     ckpt_id = new_id()
-    connection.execute(_INSERT, {
+    _insert_checkpoint(connection, {
         "id": ckpt_id, "job_id": job.id, "step": step, "epoch": epoch, "metric": metric, "value": value,
         "is_final": is_final, "weights": weights, "weights_sha256": sha256(weights), "state": state,
         "state_sha256": sha256(state), "size_bytes": len(weights) + len(state), "created_at": utcnow()})
@@ -65,6 +68,70 @@ def record_checkpoint(session: Session, *, job: Job | CheckpointPointers, step: 
 
 
 _INSERT = insert(Checkpoint)
+
+# A checkpoint whose blobs add up to this much is streamed into PostgreSQL a piece at a time. Bound as a statement's
+# parameters, the blobs are copied whole into libpq's output buffer: storing a checkpoint took twice its size in the
+# writer's memory, now its size and a piece. (SQLite copies a bound blob and builds the row's record from it, and
+# its incremental blob I/O needs a row whose blobs already have their size: zero-filled blobs that are not the
+# row's last columns are built in memory too, so streaming saves nothing there.)
+STREAM_BLOBS_FROM_BYTES = 16 * 2**20
+BLOB_PIECE_BYTES = 2**20
+
+
+def _insert_checkpoint(connection: Connection, row: dict[str, Any]) -> None:
+    if connection.dialect.name == "postgresql" and len(row["weights"]) + len(row["state"]) >= STREAM_BLOBS_FROM_BYTES:
+        _insert_postgres_streamed(connection, row)
+    else:
+        connection.execute(_INSERT, row)
+
+
+# PostgreSQL: COPY in its binary format, the blobs sent from where they lie in pieces (psycopg hands each piece to
+# libpq and waits for it to drain past a threshold). Each value is laid out as the column's type receives it.
+_COPY_COLUMNS = ("id", "job_id", "step", "epoch", "metric", "value", "is_final", "weights", "weights_sha256", "state",
+                 "state_sha256", "size_bytes", "created_at")
+_COPY_SQL = f"COPY {Checkpoint.__tablename__} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_TRAILER = struct.pack("!h", -1)
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+def _copy_value(column: str, value: Any) -> bytes:
+    """A non-blob value in PostgreSQL's binary format for its column: text as UTF-8, integer as int4, float as
+    float8, boolean as one byte, timestamptz as microseconds since 2000-01-01 UTC."""
+    if column in ("step", "epoch", "size_bytes"):
+        return struct.pack("!i", value)
+    if column == "value":
+        return struct.pack("!d", value)
+    if column == "is_final":
+        return b"\x01" if value else b"\x00"
+    if column == "created_at":
+        delta = value - _PG_EPOCH
+        return struct.pack("!q", (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+    return str(value).encode()
+
+
+def _insert_postgres_streamed(connection: Connection, row: dict[str, Any]) -> None:
+    driver: Any = connection.connection.driver_connection  # a psycopg Connection
+    # An outage mid-COPY raised as for any statement: the writer retries the whole transaction.
+    with driver_errors_as_sqlalchemy(connection, _COPY_SQL), driver.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:
+        head = bytearray(_COPY_SIGNATURE + struct.pack("!h", len(_COPY_COLUMNS)))
+        for column in _COPY_COLUMNS:
+            value = row[column]
+            if column in ("weights", "state"):
+                head += struct.pack("!i", len(value))
+                copy.write(bytes(head))
+                head.clear()
+                view = memoryview(value)
+                for start in range(0, len(view), BLOB_PIECE_BYTES):
+                    copy.write(view[start:start + BLOB_PIECE_BYTES])
+            elif value is None:
+                head += struct.pack("!i", -1)
+            else:
+                encoded = _copy_value(column, value)
+                head += struct.pack("!i", len(encoded)) + encoded
+        copy.write(bytes(head) + _COPY_TRAILER)
+
+
 _VALUE_OF = select(Checkpoint.value).where(Checkpoint.id == bindparam("best_id"))
 # A job's checkpoints, newest first: whether each can be resumed from (has state) and whether a model version pins it.
 _RETENTION = (

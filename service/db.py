@@ -123,6 +123,22 @@ def session_scope(*, read_only: bool = False) -> Iterator[Session]:
 
 
 @contextmanager
+def driver_errors_as_sqlalchemy(connection: Connection, statement: str, params: Any = None) -> Iterator[None]:
+    """For work done on the driver's own connection (psycopg's pipeline or COPY): its errors raised as SQLAlchemy
+    raises for its own statements, a lost connection invalidated, so that retries and the API's 503 see a database
+    outage as an outage."""
+    try:
+        yield
+    except connection.dialect.loaded_dbapi.Error as exc:
+        driver = connection.connection.driver_connection
+        lost = connection.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
+        if lost:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(statement, params, exc, connection.dialect.loaded_dbapi.Error,
+                                  connection_invalidated=lost, dialect=connection.dialect) from exc
+
+
+@contextmanager
 def lone_read() -> Iterator[Connection]:
     """A connection for one read statement that needs no transaction around it (a key lookup on every request).
 

@@ -12,13 +12,14 @@ import psycopg
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from service.auth import tenant_of
 from service.datainfo import DataInfo, DataSpecError, describe_data
 from service.datasets import get_dataset_or_raise
+from service.db import driver_errors_as_sqlalchemy
 from service.errors import JobNotFound, QuotaExceeded, SpecError, StateConflict, Unauthorized, validation_items
 from service.metrics import finite_or_none, read_points_page
 from service.models import FINISHED_STATUSES, ApiKey, Checkpoint, Job, Submission, utcnow
@@ -123,19 +124,12 @@ def _locked_quota_counts(session: Session, params: dict[str, Any]) -> tuple[int,
         active, created, deleted, key_valid = session.execute(_QUOTA_COUNTS, params).one()
         return active, created, deleted, key_valid
     counts = _compiled_for(connection.dialect).construct_expanded_state(params)
-    try:
+    # An outage raised as for any statement: the request answers 503 with Retry-After.
+    with driver_errors_as_sqlalchemy(connection, counts.statement, counts.parameters):
         with driver.pipeline():
             driver.execute(_QUOTA_LOCK_SQL, lock)
             cursor = driver.execute(counts.statement, counts.parameters)
         row = cursor.fetchone()
-    except psycopg.Error as exc:
-        # Raised as SQLAlchemy raises for its own statements (a lost connection invalidated, an OperationalError),
-        # so the request answers 503 with Retry-After as any other database outage does.
-        lost = connection.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
-        if lost:
-            connection.invalidate(exc)
-        raise DBAPIError.instance(counts.statement, counts.parameters, exc, psycopg.Error,
-                                  connection_invalidated=lost, dialect=connection.dialect) from exc
     assert row is not None
     return row[0], row[1], row[2], row[3]
 

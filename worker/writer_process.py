@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
+from collections.abc import Callable
 from typing import Any
 
 from service import db
@@ -180,21 +181,28 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             batch, what, is_retry = receive(inbox)
         except EOFError:
             return
-        # The log lines of this batch carry its job's id, as the worker's own lines do.
-        current_job_id.set(getattr(batch[0], "job_id", None) if batch else None)
-        answer: tuple[str, Any]
-        try:
-            write_until_done(lambda session, retry: apply_writes(batch, session, retry), what=what,
-                             is_retry=is_retry, keep_trying=parent_alive)
-            answer = ("ok", None)
-        except LeaseLost as exc:
-            answer = ("lease_lost", exc.args[0] if exc.args else "")
-        except TimeoutError:  # the parent died during an outage: nobody waits for this batch
+        answer = _apply(batch, what=what, is_retry=is_retry, keep_trying=parent_alive)
+        del batch  # a checkpoint's blobs (gigabytes at the cap) are not kept while this process waits for the next
+        if answer is None:  # the parent died during an outage: nobody waits for this batch
             return
-        except Exception as exc:
-            log.exception("writer_process.failed what=%s", what)
-            answer = ("failed", user_error(exc))
         send(outbox, answer)
+
+
+def _apply(batch: list[Write], *, what: str, is_retry: bool, keep_trying: Callable[[], bool]) -> tuple[str, Any] | None:
+    """One batch in one transaction: the answer for the parent, None if it left during an outage."""
+    # The log lines of this batch carry its job's id, as the worker's own lines do.
+    current_job_id.set(getattr(batch[0], "job_id", None) if batch else None)
+    try:
+        write_until_done(lambda session, retry: apply_writes(batch, session, retry), what=what,
+                         is_retry=is_retry, keep_trying=keep_trying)
+        return ("ok", None)
+    except LeaseLost as exc:
+        return ("lease_lost", exc.args[0] if exc.args else "")
+    except TimeoutError:
+        return None
+    except Exception as exc:
+        log.exception("writer_process.failed what=%s", what)
+        return ("failed", user_error(exc))
 
 
 def main(argv: list[str]) -> None:
