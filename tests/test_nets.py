@@ -812,3 +812,17 @@ def test_the_static_check_agrees_with_pytorch_on_random_stacks() -> None:
         assert [layer.params for layer in report.layers] == [n_params(m) for m in model], context
         agreed_ok += 1
     assert agreed_ok > 30 and agreed_fail > 30  # the generator exercises both sides
+
+
+def test_a_checkpoint_larger_than_the_database_stores_in_a_row_is_refused_before_training() -> None:
+    """A cap an operator raised (max_parameters) can admit a model whose one checkpoint the database cannot store
+    (SQLite: 1,000,000,000 bytes a row; PostgreSQL: 1 GiB): refused by the check, not at the first checkpoint."""
+    layers = [{"type": "Linear", "out_features": 22_500}, {"type": "Linear", "out_features": 1}]  # 90,045,001
+    limits = Limits(max_parameters=100_000_000)
+    adam = check_spec(make_spec(layers), info((4000,)), limits=limits)
+    per_checkpoint = adam.total_params * 4 * 3  # weights and Adam's two moments: 1,080,540,012 bytes
+    issue = the_issue(adam.errors, "model")
+    assert f"{per_checkpoint:,} bytes" in issue.msg and "2 optimizer value(s)" in issue.msg
+    assert "the database can store as one checkpoint" in issue.msg
+    # Plain SGD keeps no state: the weights alone (360 MB) fit, and nothing else stands in the way.
+    assert check_spec(make_spec(layers, optimizer={"type": "SGD", "lr": 0.1}), info((4000,)), limits=limits).ok

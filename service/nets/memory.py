@@ -64,6 +64,12 @@ def estimate_memory(spec: JobSpec, data: DataInfo, walk: Walk, *, params: int, b
                           batch=batch)
 
 
+# The largest checkpoint a database stores: a checkpoint is one row, and SQLite refuses a row (or a blob) over
+# 1,000,000,000 bytes (SQLITE_MAX_LENGTH), PostgreSQL a value, a message or a COPY row over 1 GiB. 64 MiB of it are
+# left for what checkpoint_bytes does not count: the files' headers, RNG states, the data order (8 bytes a row).
+CHECKPOINT_ROW_MAX_BYTES = 1_000_000_000 - 64 * 2**20
+
+
 def checkpoint_bytes(spec: JobSpec, walk: Walk, *, params: int) -> int:
     """One checkpoint: the weights and buffers, and the optimizer state an exact resume needs."""
     return BYTES_PER_VALUE * (params * (1 + optimizer_states(spec)) + walk.buffers)

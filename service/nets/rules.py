@@ -12,7 +12,8 @@ import logging
 
 from service.datainfo import DataInfo
 from service.nets.loss_rules import check_loss
-from service.nets.memory import MemoryEstimate, checkpoint_bytes, checkpoints_kept, estimate_memory
+from service.nets.memory import CHECKPOINT_ROW_MAX_BYTES, MemoryEstimate, checkpoint_bytes, checkpoints_kept, \
+    estimate_memory, optimizer_states
 from service.nets.report import KNOWN_METRICS, Issue, Limits, SpecReport, bytes_text, plural, task_kind
 from service.nets.shapes import Walk, walk_layers
 from service.plan import StepPlan, plan_steps
@@ -211,6 +212,13 @@ def _check_memory(spec: JobSpec, memory: MemoryEstimate, checkpoint: int, limits
                 f" optimizer state {bytes_text(memory.state)}",
             )
         )
+    if checkpoint > CHECKPOINT_ROW_MAX_BYTES:
+        # Caught here, not at the first checkpoint, after an epoch of training (a cap an operator raised can allow it).
+        report.errors.append(Issue("model", (
+            f"one checkpoint of this model holds an estimated {bytes_text(checkpoint)} (weights and"
+            f" {optimizer_states(spec)} optimizer value(s) per parameter), more than the"
+            f" {bytes_text(CHECKPOINT_ROW_MAX_BYTES)} the database can store as one checkpoint; use a smaller model"
+            " or an optimizer that keeps less state")))
     kept = checkpoints_kept(spec)
     if kept * checkpoint > limits.max_checkpoint_bytes_per_job:
         policy = spec.training.checkpoint
