@@ -65,7 +65,7 @@ def estimate_memory(spec: JobSpec, data: DataInfo, walk: Walk, *, params: int, b
 
 
 # The largest checkpoint a database stores: a checkpoint is one row, and SQLite refuses a row (or a blob) over
-# 1,000,000,000 bytes (SQLITE_MAX_LENGTH), PostgreSQL a value, a message or a COPY row over 1 GiB. 64 MiB of it are
+# 1,000,000,000 bytes (SQLITE_MAX_LENGTH), PostgreSQL a value or a row over 1 GiB (its allocations' limit). 64 MiB are
 # left for what checkpoint_bytes does not count: the files' headers, RNG states, the data order (8 bytes a row).
 CHECKPOINT_ROW_MAX_BYTES = 1_000_000_000 - 64 * 2**20
 
