@@ -69,20 +69,25 @@ def record_checkpoint(session: Session, *, job: Job | CheckpointPointers, step: 
 
 _INSERT = insert(Checkpoint)
 
-# A checkpoint whose blobs add up to this much is streamed into PostgreSQL a piece at a time. Bound as a statement's
-# parameters, the blobs are copied whole into libpq's output buffer: storing a checkpoint took twice its size in the
-# writer's memory, now its size and a piece. (SQLite copies a bound blob and builds the row's record from it, and
-# its incremental blob I/O needs a row whose blobs already have their size: zero-filled blobs that are not the
-# row's last columns are built in memory too, so streaming saves nothing there.)
+# A checkpoint whose blobs add up to this much is a large one. PostgreSQL: streamed a piece at a time. Bound as a
+# statement's parameters, the blobs are copied whole into libpq's output buffer (which keeps its grown size):
+# storing a checkpoint took twice its size in the writer's memory, now its size and a piece. SQLite copies a bound
+# blob and builds the row's record from it, and its incremental blob I/O needs a row whose blobs already have their
+# size (zero-filled blobs that are not the row's last columns are built in memory too), so streaming saves nothing
+# there; but the driver's cached INSERT keeps its copy of the last bound blobs for as long as the connection lives,
+# so the connection is closed rather than pooled once its transaction is over.
 STREAM_BLOBS_FROM_BYTES = 16 * 2**20
 BLOB_PIECE_BYTES = 2**20
 
 
 def _insert_checkpoint(connection: Connection, row: dict[str, Any]) -> None:
-    if connection.dialect.name == "postgresql" and len(row["weights"]) + len(row["state"]) >= STREAM_BLOBS_FROM_BYTES:
+    large = len(row["weights"]) + len(row["state"]) >= STREAM_BLOBS_FROM_BYTES
+    if large and connection.dialect.name == "postgresql":
         _insert_postgres_streamed(connection, row)
-    else:
-        connection.execute(_INSERT, row)
+        return
+    connection.execute(_INSERT, row)
+    if large and connection.dialect.name == "sqlite":
+        connection.connection.detach()  # closed, not returned to the pool, when the session lets it go
 
 
 # PostgreSQL: COPY in its binary format, the blobs sent from where they lie in pieces (psycopg hands each piece to
