@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select
+from sqlalchemy import Boolean, Connection, DateTime, Float, Integer, String, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session, defer
 
 from service.db import driver_errors_as_sqlalchemy
@@ -91,9 +91,8 @@ def _insert_checkpoint(connection: Connection, row: dict[str, Any]) -> None:
 
 
 # PostgreSQL: COPY in its binary format, the blobs sent from where they lie in pieces (psycopg hands each piece to
-# libpq and waits for it to drain past a threshold). Each value is laid out as the column's type receives it.
-_COPY_COLUMNS = ("id", "job_id", "step", "epoch", "metric", "value", "is_final", "weights", "weights_sha256", "state",
-                 "state_sha256", "size_bytes", "created_at")
+# libpq and waits for it to drain past a threshold). Every column, in the table's order, laid out as its type reads.
+_COPY_COLUMNS = tuple(column.key for column in Checkpoint.__table__.columns)
 _COPY_SQL = f"COPY {Checkpoint.__tablename__} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
@@ -101,18 +100,22 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 def _copy_value(column: str, value: Any) -> bytes:
-    """A non-blob value in PostgreSQL's binary format for its column: text as UTF-8, integer as int4, float as
-    float8, boolean as one byte, timestamptz as microseconds since 2000-01-01 UTC."""
-    if column in ("step", "epoch", "size_bytes"):
+    """A non-blob value in PostgreSQL's binary format for its column's type (read off the model, so a type changed
+    there is refused here rather than sent in the wrong layout): text as UTF-8, Integer as int4, Float as float8,
+    Boolean as one byte, DateTime as microseconds since 2000-01-01 UTC."""
+    kind = type(Checkpoint.__table__.c[column].type)
+    if kind is Integer:
         return struct.pack("!i", value)
-    if column == "value":
+    if kind is Float:
         return struct.pack("!d", value)
-    if column == "is_final":
+    if kind is Boolean:
         return b"\x01" if value else b"\x00"
-    if column == "created_at":
+    if kind is DateTime:
         delta = value - _PG_EPOCH
         return struct.pack("!q", (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
-    return str(value).encode()
+    if kind is String:
+        return str(value).encode()
+    raise TypeError(f"checkpoints.{column}: no binary COPY layout for {kind.__name__}")
 
 
 def _insert_postgres_streamed(connection: Connection, row: dict[str, Any]) -> None:
@@ -122,7 +125,7 @@ def _insert_postgres_streamed(connection: Connection, row: dict[str, Any]) -> No
         head = bytearray(_COPY_SIGNATURE + struct.pack("!h", len(_COPY_COLUMNS)))
         for column in _COPY_COLUMNS:
             value = row[column]
-            if column in ("weights", "state"):
+            if isinstance(value, (bytes, bytearray, memoryview)):  # weights, state
                 head += struct.pack("!i", len(value))
                 copy.write(bytes(head))
                 head.clear()

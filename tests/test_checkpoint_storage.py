@@ -135,7 +135,7 @@ def test_a_connection_lost_while_streaming_is_a_database_outage_the_writer_retri
     with pg_sessions() as session:
         backend = session.scalar(text("SELECT pg_backend_pid()"))
         with pg_sessions() as admin, admin.begin():
-            assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+            assert admin.scalar(text("SELECT pg_terminate_backend(:pid, 30000)"), {"pid": backend})  # waits: gone
         with pytest.raises(DBAPIError) as lost:
             record_checkpoint(session, job=CheckpointPointers(job_id, None, None), step=1, epoch=1, metric="loss",
                               value=1.0, weights=os.urandom(MIB), state=b"", is_final=False, keep_last=1,

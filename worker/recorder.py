@@ -82,7 +82,7 @@ class BackgroundWriter(threading.Thread):
                 batch = list(self._items)
                 self._items.clear()
                 self._busy = True
-            size = sum(size for _, size, _ in batch)
+            written = sum(size for _, size, _ in batch)
             try:
                 self._apply([write for write, _, _ in batch], "+".join(dict.fromkeys(what for _, _, what in batch)))
             except BaseException as exc:  # LeaseLost, or a bug: hand it to the training thread
@@ -94,7 +94,7 @@ class BackgroundWriter(threading.Thread):
                 return
             del batch  # written: a checkpoint's blobs are not kept while the thread waits for the next batch
             with self._cond:
-                self._buffered -= size
+                self._buffered -= written
                 self._busy = False
                 self._cond.notify_all()
 

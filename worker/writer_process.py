@@ -23,8 +23,8 @@ import signal
 import subprocess
 import sys
 import threading
-from multiprocessing.connection import Connection
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from service import db
